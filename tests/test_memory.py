@@ -1,0 +1,170 @@
+"""Crash-safety of the memory builds: a build killed with SIGKILL and rerun ends with the same store as an uninterrupted
+build, and a rerun with everything present makes no LLM call. The LLM and embedder are deterministic stand-ins (the
+real models are exercised by the notebooks); a delay per LLM call gives the test time to kill the build mid-way."""
+import json, os, re, signal, subprocess, sys, textwrap, time
+from pathlib import Path
+import numpy as np
+import pandas as pd
+import pytest
+from mrrec.core import stable_hash
+from mrrec.local_memory import LocalMemory, LocalMemoryConfig, build_local_memory, committed_users, local_fingerprint
+from mrrec.global_memory import GlobalMemory, GlobalMemoryConfig, build_global_memory
+
+TESTS_DIR = Path(__file__).resolve().parent
+BRANDS, COLOURS, CATS = ['Acme', 'Borealis', 'Corvid', 'Dunmore'], ['navy', 'red', 'olive', 'grey'], ['Hats', 'Kitchen', 'Garden']
+
+
+class FakeLLM:
+    "Deterministic answers derived from the prompt (a word it contains decides the content); optional delay per call."
+    model_id = 'fake-llm'
+
+    def __init__(self, delay: float = 0.0):
+        self.delay, self.calls, self.prompts = delay, 0, 0
+
+    def generate(self, conversations, max_new_tokens=64, stage=''):
+        self.calls += 1; self.prompts += len(conversations)
+        time.sleep(self.delay)
+        return [self._answer(c[-1]['content'], stage) for c in conversations]
+
+    @staticmethod
+    def _answer(msg, stage):
+        h = int(stable_hash(msg, n=6), 16)
+        brand, colour = BRANDS[h % 4], COLOURS[(h // 4) % 4]
+        if stage.endswith('aspects'):
+            return ('```json\n{"category_level_personalization_aspects": [{"aspect": "Brand Reputation", "description": "Trusted brands like '
+                    f'{brand}."}}], "subcategory_level_personalization_aspects": [{{"aspect": "Colour", "description": "Prefers {colour} tones."}}]}}\n```'
+                    if h % 5 else 'Sorry, I cannot help with that.')   # some answers are unusable: counted, not raised
+        if stage.endswith('merge'):
+            return '{"Brand Reputation": ["Trusted brands matter."], "Colour": ["Colour tones matter."]}'
+        return f"Prefers {brand} items in {colour}. Rates durable items highly. Dislikes flimsy builds."
+
+
+class FakeEmbedder:
+    "Hashed bag of words, L2-normalised."
+    model_id = 'fake-embed'
+
+    def encode(self, texts, kind='document'):
+        out = np.zeros((len(texts), 32), np.float32)
+        for i, t in enumerate(texts):
+            for w in re.sub(r'[^a-z0-9]+', ' ', t.lower()).split(): out[i, int(stable_hash(w, n=6), 16) % 32] += 1
+        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-9)
+
+
+def make_history(n_users: int = 10) -> pd.DataFrame:
+    rng = np.random.default_rng(0)
+    rows = []
+    for u in range(n_users):
+        for t in range(int(rng.integers(3, 7))):
+            c, b, col = CATS[int(rng.integers(3))], BRANDS[int(rng.integers(4))], COLOURS[int(rng.integers(4))]
+            rows.append(dict(user_id=f'user{u:02d}', item_id=f'i{u}_{t}', category=c, timestamp=1000 + t, rating=float(rng.integers(1, 6)),
+                             review_title='ok', review_text=f'The {col} one from {b} works.', item_title=f'{b} {c} item',
+                             item_text=f'{b} {col} {c.lower()} item'))
+    return pd.DataFrame(rows)
+
+
+def make_queries_and_pool(n: int = 12):
+    pool = pd.DataFrame([{'item_id': f'p{c}{j}', 'category': c, 'metadata': f'{BRANDS[j % 4]} {COLOURS[j // 4 % 4]} {c.lower()} item {j}'}
+                         for c in CATS for j in range(16)])
+    queries = pd.DataFrame([{'qid': f'q{i}', 'user_id': f'user{i:02d}', 'query': f'a {CATS[i % 3].lower()} thing for use {i}',
+                             'item_id': f'p{CATS[i % 3]}{i}', 'category': CATS[i % 3]} for i in range(n)])
+    return queries, pool
+
+
+def _build(kind: str, root: Path, llm) -> object:
+    if kind == 'local':
+        return build_local_memory(make_history(), llm, FakeEmbedder(), LocalMemoryConfig(user_batch=2), root, progress=False)
+    q, pool = make_queries_and_pool()
+    return build_global_memory(q, pool, llm, FakeEmbedder(), GlobalMemoryConfig(n_queries=12, n_negatives=3, query_batch=2), root,
+                               seed=0, progress=False)
+
+
+def _snapshot(kind: str, root: Path) -> dict:
+    "The content of a store (not its timings)."
+    if kind == 'local':
+        m = LocalMemory(root)
+        man = {k: v for k, v in m.manifest.items() if k != 'accounting'}
+        return {'entries': m.entries, 'emb': m.emb, 'summaries': m.summaries, 'baselines': m.baselines, 'manifest': man}
+    g = GlobalMemory(root)
+    man = {k: v for k, v in g.manifest.items() if k != 'accounting'}
+    return {'memory': g.memory, 'table': g.table, 'vectors': g.vectors, 'manifest': man,
+            'mined': pd.read_parquet(root / 'mined.parquet')}
+
+
+def _committed(kind: str, root: Path) -> int:
+    "Users (local) or mined queries (global) committed so far."
+    if kind == 'local': return len(list((root / 'users').glob('[!.]*.parquet')))
+    return len(list((root / 'mined').glob('*/[!.]*.json')))
+
+
+def _assert_same(a: dict, b: dict):
+    assert a.keys() == b.keys()
+    for k in a:
+        if isinstance(a[k], pd.DataFrame): pd.testing.assert_frame_equal(a[k], b[k])
+        elif isinstance(a[k], np.ndarray): np.testing.assert_array_equal(a[k], b[k])
+        else: assert a[k] == b[k], k
+
+
+@pytest.mark.parametrize('kind', ['local', 'global'])
+def test_killed_build_resumes_to_the_same_store(tmp_path, kind):
+    ref = tmp_path / 'ref'
+    _build(kind, ref, FakeLLM())
+    total = _committed(kind, ref)
+
+    crashed = tmp_path / 'crashed'
+    script = textwrap.dedent(f"""
+        import sys; sys.path.insert(0, {str(TESTS_DIR)!r})
+        from pathlib import Path
+        from test_memory import FakeLLM, _build
+        _build({kind!r}, Path({str(crashed)!r}), FakeLLM(delay=0.4))
+    """)
+    proc = subprocess.Popen([sys.executable, '-c', script], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while _committed(kind, crashed) < 2 and proc.poll() is None and time.time() < deadline: time.sleep(0.05)
+    assert proc.poll() is None, f"the build ended before it could be killed: {proc.communicate()[1].decode()[-2000:]}"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    before = _committed(kind, crashed)
+    assert 2 <= before < total, (before, total)              # killed mid-way: some, not all, committed
+    assert not (crashed / 'manifest.json').exists()          # the consolidated store is only written at the end
+
+    llm = FakeLLM()
+    rep = _build(kind, crashed, llm)
+    done = rep.built if kind == 'local' else rep.mined
+    assert done <= total - before + 2                        # committed work is not redone (a kill may land mid-commit)
+    _assert_same(_snapshot(kind, ref), _snapshot(kind, crashed))
+    assert not list(crashed.rglob('.*.tmp'))                 # no temporary file of the killed write is left
+
+    again = FakeLLM()
+    rep2 = _build(kind, crashed, again)
+    assert again.calls == 0 and rep2.llm_prompts == 0        # everything present: no LLM call
+    _assert_same(_snapshot(kind, ref), _snapshot(kind, crashed))
+
+
+def test_global_changed_setting_replaces_stale_work(tmp_path):
+    q, pool = make_queries_and_pool()
+    build_global_memory(q, pool, FakeLLM(), FakeEmbedder(), GlobalMemoryConfig(n_queries=6), tmp_path, seed=0, progress=False)
+    llm = FakeLLM()
+    rep = build_global_memory(q, pool, llm, FakeEmbedder(), GlobalMemoryConfig(n_queries=6, n_negatives=2), tmp_path, seed=0, progress=False)
+    assert rep.mined == 6 and llm.calls > 0
+    assert len(list((tmp_path / 'mined').iterdir())) == 1 and len(list((tmp_path / 'merged').iterdir())) == 1
+
+
+def test_changed_setting_rebuilds_instead_of_mixing(tmp_path):
+    h = make_history(4)
+    build_local_memory(h, FakeLLM(), FakeEmbedder(), LocalMemoryConfig(), tmp_path, progress=False)
+    llm = FakeLLM()
+    rep = build_local_memory(h, llm, FakeEmbedder(), LocalMemoryConfig(chunk_max_words=5), tmp_path, progress=False)
+    assert rep.built == 4 and llm.calls > 0
+    fp = local_fingerprint(LocalMemoryConfig(chunk_max_words=5), 'fake-llm', 'fake-embed')
+    assert len(committed_users(tmp_path, fp)) == 4 and len(list((tmp_path / 'users').glob('*.parquet'))) == 4
+    e = LocalMemory(tmp_path).entries
+    assert e.loc[e.level != 'record', 'text'].str.split().str.len().max() <= 5   # chunks follow the new setting
+
+
+def test_history_never_reaches_another_user(tmp_path):
+    build_local_memory(make_history(6), FakeLLM(), FakeEmbedder(), LocalMemoryConfig(), tmp_path, progress=False)
+    m = LocalMemory(tmp_path, FakeEmbedder())
+    for u in m.users:
+        hits = m.retrieve(u, 'navy Acme hats', k=50)
+        assert hits and all(h['entry_id'].startswith(f'{u}/') for h in hits)
