@@ -10,7 +10,8 @@ import pytest
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 from mrrec.core import ConfigError
 from mrrec.llm import (EmbedConfig, EmbeddingStore, Generation, LLMConfig, LLMRequestError, Ledger, ResponseCache,
-                       bench_llm_main, load_embedder, load_llm, simplify_queries, text_hash)
+                       bench_llm_main, load_embedder, load_llm, text_hash)
+from mrrec.data import simplify_queries
 
 SECRET = 'sk-test-DO-NOT-LEAK-4f9a'
 TOOL = {'type': 'function', 'function': {'name': 'search_memory', 'description': 'Search the user memory',
