@@ -20,11 +20,23 @@ import faiss
 from .core import ConfigError, atomic_write, read_json, stable_hash, write_json
 
 # %% auto #0
-__all__ = ['DENSE_INDEX_KINDS', 'PAD_ROW', 'TOKEN_PATTERN', 'STOPWORD_LISTS', 'BM25_VARIANTS', 'RETRIEVERS', 'RetrievalConfig',
-           'SearchResult', 'empty_result', 'item_rows', 'target_ranks', 'select_top_k', 'sort_lists', 'rankings_match',
-           'bm25_tokenize', 'BM25Index', 'RankBM25Index', 'faiss_threads', 'unit_rows', 'build_faiss_index',
-           'DenseIndex', 'Retriever', 'RetrieverSpec', 'register_retriever', 'pool_texts', 'content_digest',
-           'make_retriever', 'bench_retrieval_main']
+__all__ = ['DENSE_INDEX_KINDS', 'PAD_ROW', 'TOKEN_PATTERN', 'STOPWORD_LISTS', 'BM25_VARIANTS', 'RETRIEVERS', 'AGENT_PROTOCOLS',
+           'MEMORY_TOOL_NAME', 'NO_MEMORY_TEXT', 'ANSWER_KEYS', 'ANSWER_STATUSES', 'ANSWER_FORMAT', 'EXPANSION_FORMAT',
+           'PASTED_SYSTEM', 'EXPANSION_SYSTEM', 'EXAMPLE_REQUEST', 'EXAMPLE_ASPECTS', 'EXAMPLE_MEMORY',
+           'EXAMPLE_PROFILE', 'EXAMPLE_EXPANSION', 'EXPANSION_MEMORY_HEADS', 'SETTING_METHODS', 'EXPERIMENT_ROWS',
+           'AGENT_VERSION', 'TRAJECTORY_COLUMNS', 'RetrievalConfig', 'SearchResult', 'empty_result', 'item_rows',
+           'target_ranks', 'select_top_k', 'sort_lists', 'rankings_match', 'bm25_tokenize', 'BM25Index',
+           'RankBM25Index', 'faiss_threads', 'unit_rows', 'build_faiss_index', 'DenseIndex', 'Retriever',
+           'RetrieverSpec', 'register_retriever', 'pool_texts', 'content_digest', 'make_retriever',
+           'bench_retrieval_main', 'AgentConfig', 'format_memory_entries', 'lookup_memory', 'MemoryTool',
+           'memory_tool_schema', 'memory_tool_fn', 'format_tool_call', 'tool_call_aspects', 'memory_call_aspects',
+           'tool_result_message', 'protocol_messages', 'agent_protocol', 'ParsedAnswer', 'parse_answer',
+           'parse_boxed_answer', 'search_text', 'agent_system_prompt', 'request_text', 'agent_conversation',
+           'agent_prompt_fn', 'pasted_conversation', 'expansion_conversation', 'token_counter', 'run_agent', 'Setting',
+           'settings_registry', 'experiment_rows', 'evaluation_queries', 'StageContext', 'setting_conversations',
+           'run_setting', 'prompts_fingerprint', 'setting_signature', 'trajectory_paths', 'run_settings',
+           'read_trajectories', 'open_memories', 'stage_context', 'stage_signature', 'select_settings', 'run_retrieval',
+           'settings_metrics', 'retrieve_main']
 
 # %% ../nbs/05_retrieval.ipynb #3a4f6278
 DENSE_INDEX_KINDS = ('flat', 'hnsw', 'ivf')
@@ -716,4 +728,786 @@ def bench_retrieval_main(argv: list[str]) -> int:
                       f"({_verdict('< 120 s and < 8 GiB for 6,096 queries over 1,058,417 items', ok, a.items >= 1_058_417 and a.queries >= 6096)})")
             figures['parts'] = full
     if a.json: write_json(figures, a.json)
+    return 0
+
+# %% ../nbs/05_retrieval.ipynb #48b76af6
+import dataclasses
+from dataclasses import field
+from .core import Run, start_run, write_jsonl, read_jsonl, write_table
+from .llm import messages_for_template, parse_tool_calls
+from .local_memory import LOCAL_LEVELS, T2_VARIANTS, collapse_repeats, parse_entry_id, parse_llm_json
+
+# %% ../nbs/05_retrieval.ipynb #2856c921
+AGENT_PROTOCOLS = ('auto', 'chat_tools', 'text')
+
+@dataclass(frozen=True)
+class AgentConfig:
+    "The `[agent]` table: the MR.Rec agent, its baselines, and the queries they answer."
+    section = 'agent'
+    max_queries: int = 0                      # test queries answered by every setting (0 = all); local-memory users first
+    settings: tuple[str, ...] = ()            # settings to run, by name in SETTINGS (empty = all)
+    protocol: str = 'auto'                    # 'chat_tools' (template renders tools), 'text' (tools in the system prompt), 'auto'
+    max_tool_calls: int = 1                   # memory-tool calls per query (paper: 1)
+    memory_top_k: int = 3                     # local-memory entries per tool call (paper: 3)
+    f6_top_k: tuple[int, ...] = (1, 3, 5, 10)  # memory top-k values of F6
+    entry_chars: int = 0                      # a memory entry's text is clipped to this many characters (0 = whole)
+    memory_chars: int = 0                     # naive / static memory text clipped to this many characters (0 = whole)
+    max_aspects: int = 8                      # global-memory aspects in the prompt (0 = all)
+    max_descriptions: int = 2                 # descriptions per aspect (0 = all)
+    max_new_tokens: int = 0                   # per turn (0 = [llm] max_new_tokens)
+    temperature: float = 0.0                  # 0 = greedy
+    one_shot: bool = False                    # a worked example before the request (small models need it)
+    salvage_profile: bool = False             # a malformed answer's readable profile is used before the query fallback
+    top_items: int = 100                      # item ids stored per trajectory record (ranks are over [retrieval] top_k)
+    policy: str = ''                          # trained policy folder (RL stage) for the '_rl' settings; '' = none
+
+    def __post_init__(self):
+        def bad(key, msg): raise ConfigError(f"[{self.section}] {key}: {msg}")
+        if self.protocol not in AGENT_PROTOCOLS: bad('protocol', f"{self.protocol!r} is not one of {AGENT_PROTOCOLS}")
+        for key in ('max_queries', 'entry_chars', 'memory_chars', 'max_aspects', 'max_descriptions', 'max_new_tokens', 'max_tool_calls'):
+            if getattr(self, key) < 0: bad(key, f"must be >= 0, got {getattr(self, key)}")
+        for key in ('memory_top_k', 'top_items'):
+            if getattr(self, key) < 1: bad(key, f"must be >= 1, got {getattr(self, key)}")
+        if not self.f6_top_k or any(k < 1 for k in self.f6_top_k): bad('f6_top_k', f"must be positive ints, got {list(self.f6_top_k)}")
+        if self.temperature < 0: bad('temperature', f"must be >= 0, got {self.temperature}")
+
+# %% ../nbs/05_retrieval.ipynb #8b28a67a
+MEMORY_TOOL_NAME = 'memory_retrieval_tool'
+NO_MEMORY_TEXT = '(no memory entries found for this user)'
+
+def _clip_chars(text: str, n: int) -> str:
+    text = re.sub(r'\s+', ' ', str(text)).strip()
+    return text if not n or len(text) <= n else text[:max(1, n - 1)].rsplit(' ', 1)[0] + '\u2026'
+
+def format_memory_entries(entries: list[dict], entry_chars: int = 0) -> str:
+    "The tool result: one line `[entry_id] text` per entry, best first; NO_MEMORY_TEXT when there is none."
+    return '\n'.join(f"[{e['entry_id']}] {_clip_chars(e['text'], entry_chars)}" for e in entries) or NO_MEMORY_TEXT
+
+def lookup_memory(memory, user_ids: Sequence[str], texts: Sequence[str], k: int, levels=None) -> list[list[dict]]:
+    "Top-`k` local-memory entries of each (user, text) pair, from that user's own entries only ([] without memory)."
+    user_ids, texts = [str(u) for u in user_ids], [str(t) for t in texts]
+    if len(user_ids) != len(texts): raise ValueError(f"{len(user_ids)} users for {len(texts)} texts")
+    out: list[list[dict]] = [[] for _ in user_ids]
+    if memory is None or k < 1: return out
+    todo = [i for i, u in enumerate(user_ids) if u in memory]
+    if not todo: return out
+    found = memory.retrieve_many([user_ids[i] for i in todo], [texts[i] for i in todo], k, levels)
+    for i, entries in zip(todo, found):
+        for e in entries:
+            owner = (parse_entry_id(e['entry_id']) or {}).get('user_id')
+            if owner != user_ids[i]:
+                raise RuntimeError(f"memory lookup for user {user_ids[i]!r} returned entry {e['entry_id']!r} of user {owner!r}")
+        out[i] = [dict(e) for e in entries]
+    return out
+
+class MemoryTool:
+    "The memory retrieval tool bound to one user: `memory_retrieval_tool(aspects)` -> that user's top-k entries with ids."
+    def __init__(self, memory, user_id: str, k: int = 3, levels=None, entry_chars: int = 0):
+        if k < 1: raise ValueError(f"k must be >= 1, got {k}")
+        self.memory, self.user_id, self.k, self.levels, self.entry_chars = memory, str(user_id), int(k), levels, entry_chars
+        self.calls: list[dict] = []
+
+    def lookup(self, aspects: str) -> list[dict]:
+        "The entries the tool returns for `aspects` (entry_id, level, category, text, score), best first."
+        return lookup_memory(self.memory, [self.user_id], [aspects], self.k, self.levels)[0]
+
+    def memory_retrieval_tool(self, aspects: str) -> str:
+        """Retrieve the entries of the user's memory that are most relevant to the given aspects of the request.
+
+        Args:
+            aspects: The aspects of the request to look up in the user's memory, e.g. "material, warmth, price range".
+
+        Returns:
+            The most relevant memory entries, one per line, each starting with its id in square brackets.
+        """
+        entries = self.lookup(str(aspects))
+        result = format_memory_entries(entries, self.entry_chars)
+        self.calls.append({'aspects': str(aspects), 'entries': entries, 'result': result})
+        return result
+
+def memory_tool_schema() -> dict:
+    "The tool's OpenAI-style JSON schema, from `MemoryTool.memory_retrieval_tool`'s signature and docstring."
+    from transformers.utils import get_json_schema
+    return get_json_schema(MemoryTool.memory_retrieval_tool)
+
+def memory_tool_fn(memory, k: int = 3, levels=None, entry_chars: int = 0) -> Callable[[str, str], str]:
+    "`(user_id, aspects) -> tool result text`, a fresh `MemoryTool` per call (the form RL's environments take)."
+    def tool(user_id: str, aspects: str) -> str:
+        return MemoryTool(memory, user_id, k, levels, entry_chars).memory_retrieval_tool(aspects)
+    return tool
+
+# %% ../nbs/05_retrieval.ipynb #171b9b03
+def format_tool_call(aspects: str) -> str:
+    "What a model writes to call the memory tool (the `<tool_call>` convention of mrrec.llm)."
+    return '<tool_call>\n' + json.dumps({'name': MEMORY_TOOL_NAME, 'arguments': {'aspects': aspects}}) + '\n</tool_call>'
+
+def tool_call_aspects(call: dict | None) -> str | None:
+    "The `aspects` of a parsed memory-tool call (`{'name', 'arguments'}`); a list is joined; None for another tool or no aspects."
+    if not call or call.get('name') != MEMORY_TOOL_NAME: return None
+    a = (call.get('arguments') or {}).get('aspects')
+    a = ', '.join(map(str, a)) if isinstance(a, list) else ('' if a is None else str(a))
+    return a.strip() or None
+
+def memory_call_aspects(text: str | None) -> str | None:
+    "The aspects of the last well-formed memory-tool call written in `text`, or None."
+    if not text: return None
+    for call in reversed(parse_tool_calls(text)[0]):
+        if (a := tool_call_aspects(call)): return a
+    return None
+
+def tool_result_message(result: str) -> dict:
+    "The message that carries a tool result under the text protocol."
+    return messages_for_template([{'role': 'tool', 'content': result}], None, False)[0]
+
+def protocol_messages(conversation: list[dict], protocol: str) -> list[dict]:
+    "The conversation as the model sees it: tools described in the system message for 'text'; unchanged for 'chat_tools'."
+    if protocol == 'chat_tools': return [dict(m) for m in conversation]
+    if protocol != 'text': raise ValueError(f"protocol must be 'text' or 'chat_tools', got {protocol!r}")
+    return messages_for_template(conversation, [memory_tool_schema()], False)
+
+def agent_protocol(protocol: str, llm) -> str:
+    "The protocol to use with `llm`: the configured one, or for 'auto' chat_tools iff the model renders tools natively."
+    if protocol not in AGENT_PROTOCOLS: raise ConfigError(f"[agent] protocol must be one of {AGENT_PROTOCOLS}, got {protocol!r}")
+    native = bool(getattr(llm, 'supports_tools', False))
+    if protocol == 'chat_tools' and not native:
+        raise ConfigError("[agent] protocol = 'chat_tools' but the model's chat template does not render tools; use 'text' or 'auto'")
+    return protocol if protocol != 'auto' else ('chat_tools' if native else 'text')
+
+# %% ../nbs/05_retrieval.ipynb #f3a9fe16
+ANSWER_KEYS = ('ideal_item_profile', 'useful_memory_ids')
+ANSWER_STATUSES = ('ok', 'no_box', 'unclosed_box', 'bad_json', 'missing_keys', 'bad_types')
+
+@dataclass(frozen=True)
+class ParsedAnswer:
+    "What `parse_answer` made of a final answer: status, the profile and ids of a well-formed one, a salvaged profile."
+    status: str                          # one of ANSWER_STATUSES
+    profile: str | None = None           # the well-formed answer's profile (may be '')
+    memory_ids: tuple[str, ...] = ()     # its useful_memory_ids, as strings
+    salvaged: str | None = None          # a malformed answer's readable profile (None if there is none)
+    @property
+    def format_ok(self) -> bool: return self.status == 'ok'
+
+def _matching_brace(s: str, start: int) -> int:
+    "Index of the `}` closing the `{` at `start`, skipping braces inside JSON strings; -1 if unclosed."
+    depth, in_str, esc = 0, False, False
+    for i in range(start, len(s)):
+        ch = s[i]
+        if in_str:
+            if esc: esc = False
+            elif ch == '\\': esc = True
+            elif ch == '"': in_str = False
+        elif ch == '"': in_str = True
+        elif ch == '{': depth += 1
+        elif ch == '}':
+            depth -= 1
+            if depth == 0: return i
+    return -1
+
+_PROFILE_VALUE_RE = re.compile(r'''["']?ideal_item_profile["']?\s*:\s*(["'])((?:\\.|(?!\1).)*)''', re.S)
+
+def _readable(text) -> str | None:
+    "A salvaged profile, cleaned: whitespace squeezed, repeated phrases collapsed, stray punctuation trimmed."
+    if not isinstance(text, str): return None
+    t = collapse_repeats(re.sub(r'\s+', ' ', text)).strip(' ,;:-"\'')
+    return t or None
+
+def _salvage(body: str, plain_ok: bool) -> str | None:
+    "The readable profile of a malformed box body (or of box-less text with a profile key)."
+    got = parse_llm_json(body, expect=dict)
+    if got.ok and isinstance(got.value.get('ideal_item_profile'), str) and got.value['ideal_item_profile'].strip():
+        return _readable(got.value['ideal_item_profile'])
+    m = _PROFILE_VALUE_RE.search(body)
+    if m:
+        raw = m.group(2)
+        try: raw = json.loads(f'"{raw}"', strict=False)     # undo JSON escapes when they are valid
+        except ValueError: pass
+        return _readable(raw)
+    inner = body.strip()
+    if inner.startswith('{'): inner = inner[1:]
+    if inner.endswith('}'): inner = inner[:-1]
+    return _readable(inner) if plain_ok and not re.search(r'[{}":]', inner) else None
+
+def parse_answer(text: str | None) -> ParsedAnswer:
+    "Parse the agent's final answer: strict format check on the last `\\boxed{...}`, plus a salvaged profile when malformed."
+    if not text: return ParsedAnswer('no_box')
+    at = text.rfind('\\boxed{')
+    if at < 0: return ParsedAnswer('no_box', salvaged=_salvage(text, plain_ok=False) if 'ideal_item_profile' in text else None)
+    start = at + len('\\boxed')
+    end = _matching_brace(text, start)
+    if end < 0: return ParsedAnswer('unclosed_box', salvaged=_salvage(text[start:], plain_ok=True))
+    body = text[start:end + 1]
+    if body.startswith('{{') and body.endswith('}}'): body = body[1:-1]   # \boxed{{...}}: a doubled brace
+    try: obj = json.loads(body, strict=False)
+    except ValueError: return ParsedAnswer('bad_json', salvaged=_salvage(body, plain_ok=True))
+    if not isinstance(obj, dict) or any(k not in obj for k in ANSWER_KEYS):
+        return ParsedAnswer('missing_keys', salvaged=_salvage(body, plain_ok=False))
+    profile, ids = obj['ideal_item_profile'], obj['useful_memory_ids']
+    if not isinstance(profile, str) or not isinstance(ids, list):
+        return ParsedAnswer('bad_types', salvaged=_salvage(body, plain_ok=False))
+    return ParsedAnswer('ok', profile.strip(), tuple(str(i) for i in ids))
+
+def parse_boxed_answer(text: str | None) -> dict | None:
+    "The well-formed answer as {'ideal_item_profile': str, 'useful_memory_ids': [str]}, or None (R_format = 0)."
+    a = parse_answer(text)
+    return {'ideal_item_profile': a.profile, 'useful_memory_ids': list(a.memory_ids)} if a.format_ok else None
+
+def search_text(answer: ParsedAnswer, query: str, salvage: bool = False) -> tuple[str, str, str | None]:
+    "(text to search with, its source 'profile' | 'salvaged' | 'query', fallback reason or None) for one answer."
+    if answer.format_ok and answer.profile: return answer.profile, 'profile', None
+    reason = answer.status if not answer.format_ok else 'empty_profile'
+    if salvage and answer.salvaged: return answer.salvaged, 'salvaged', reason
+    return query, 'query', reason
+
+# %% ../nbs/05_retrieval.ipynb #f23074c2
+ANSWER_FORMAT = ('\\boxed{"ideal_item_profile": "<the ideal item in one or two sentences: its type, its use and the aspect '
+                 'values this user prefers>", "useful_memory_ids": ["<ids of the memory entries you used>"]}')
+EXPANSION_FORMAT = '\\boxed{"ideal_item_profile": "<the expanded query>", "useful_memory_ids": []}'
+_ROLE = ("You are a shopping assistant. A user asks for an item; you describe the ideal item for this user, and a search "
+         "engine then finds the closest items in the catalogue.")
+
+def agent_system_prompt(tool: bool, aspects: bool) -> str:
+    "The MR.Rec system message (with the memory tool, or answering at once when the setting has no local memory)."
+    which = ("decide which aspects of the item matter for this request (the aspects shoppers weigh in this scenario are "
+             "listed with the request)" if aspects else "decide which aspects of the item matter for this request")
+    if tool:
+        return (f"{_ROLE} Work in two steps.\nStep 1: {which} and call {MEMORY_TOOL_NAME} with them, to read what this "
+                f"user liked and disliked before.\nStep 2: after reading the memory, answer in exactly this format:\n{ANSWER_FORMAT}")
+    return f"{_ROLE} First {which}, then answer in exactly this format (with an empty list of memory ids):\n{ANSWER_FORMAT}"
+
+PASTED_SYSTEM = (f"{_ROLE} The entries of this user's memory that are most similar to the request are listed with it. "
+                 f"Answer at once, in exactly this format:\n{ANSWER_FORMAT}")
+
+EXPANSION_SYSTEM = ("You are an expert at writing search queries for a dense product retriever. Given a customer's request, "
+                    "keep the original request and expand it with relevant information about the product (its type, features "
+                    "and use), so that the retriever finds the items that best meet the customer's needs. If no expansion "
+                    "helps, return the request as it is.")
+
+def request_text(query: str, category: str | None, aspects: str | None) -> str:
+    "The user message: request, scenario and (when given, even if empty) the scenario's aspects."
+    lines = [f"Request: {query}", f"Scenario: {category or 'unknown'}"]
+    if aspects is not None: lines += ["Aspects shoppers weigh in this scenario:", aspects or '(none recorded)']
+    return '\n'.join(lines)
+
+# the one-shot example (not a SynthC4 scenario, so it cannot leak a test item)
+EXAMPLE_REQUEST = ('a game for family evenings', 'Board Games',
+                   '- Play Time: how long a session lasts\n- Player Count: how many people can play')
+EXAMPLE_ASPECTS = 'play time, player count'
+EXAMPLE_MEMORY = [{'entry_id': 'u0/pattern/board_games/0', 'text': 'Prefers games of 15 to 30 minutes.'},
+                  {'entry_id': 'u0/profile/all/1', 'text': 'Plays with two young children.'}]
+EXAMPLE_PROFILE = 'A family board game for 2 to 4 players with young children, 15 to 30 minutes per game, simple rules'
+EXAMPLE_EXPANSION = 'a game for family evenings: a family board game for 2 to 6 players, quick to learn, 20 to 40 minutes'
+
+def _answer(profile: str, ids: list[str]) -> str:
+    "A well-formed answer: the box's braces are the JSON object's own."
+    return '\\boxed' + json.dumps({'ideal_item_profile': profile, 'useful_memory_ids': ids})
+
+def _example_call_message(protocol: str) -> dict:
+    text = f"{EXAMPLE_ASPECTS.capitalize()} matter here. Let me check the user's memory."
+    if protocol == 'text': return {'role': 'assistant', 'content': f"{text}\n{format_tool_call(EXAMPLE_ASPECTS)}"}
+    return {'role': 'assistant', 'content': text, 'tool_calls': [{'id': 'call_example', 'type': 'function', 'function': {
+        'name': MEMORY_TOOL_NAME, 'arguments': json.dumps({'aspects': EXAMPLE_ASPECTS})}}]}
+
+def agent_conversation(query: str, category: str | None, aspects: str | None, tool: bool, one_shot: bool = False,
+                       protocol: str = 'text') -> list[dict]:
+    "The MR.Rec agent's first-turn conversation (OpenAI format; render with `protocol_messages` for the text protocol)."
+    msgs = [{'role': 'system', 'content': agent_system_prompt(tool, aspects is not None)}]
+    if one_shot:
+        ex_aspects = EXAMPLE_REQUEST[2] if aspects is not None else None
+        msgs.append({'role': 'user', 'content': request_text(EXAMPLE_REQUEST[0], EXAMPLE_REQUEST[1], ex_aspects)})
+        if not tool: msgs.append({'role': 'assistant', 'content': _answer(EXAMPLE_PROFILE, [])})
+        else:
+            msgs.append(_example_call_message(protocol))
+            if protocol == 'chat_tools':
+                msgs += [{'role': 'tool', 'tool_call_id': 'call_example', 'name': MEMORY_TOOL_NAME,
+                          'content': format_memory_entries(EXAMPLE_MEMORY)},
+                         {'role': 'assistant', 'content': _answer(EXAMPLE_PROFILE, [e['entry_id'] for e in EXAMPLE_MEMORY])}]
+    msgs.append({'role': 'user', 'content': request_text(query, category, aspects)})
+    return msgs
+
+def agent_prompt_fn(global_memory, cfg: AgentConfig | None = None, protocol: str = 'text', use_global: bool = True,
+                    tool: bool = True) -> Callable[[dict], list[dict]]:
+    "`row -> the agent's first-turn conversation` for a query row (`query`, `category`): the prompt RL trains on."
+    cfg = cfg or AgentConfig()
+    def prompt(row: dict) -> list[dict]:
+        aspects = (global_memory.prompt_text(row.get('category'), row['query'], cfg.max_aspects or None, cfg.max_descriptions or None)
+                   if use_global and global_memory is not None else None)
+        return agent_conversation(row['query'], row.get('category'), aspects, tool, cfg.one_shot, protocol)
+    return prompt
+
+def pasted_conversation(query: str, category: str | None, aspects: str | None, memory_text: str, one_shot: bool = False) -> list[dict]:
+    "The 'w/o reasoning' conversation: memory found by similarity to the query, pasted; one answer turn."
+    block = lambda q, c, a, m: f"{request_text(q, c, a)}\nMemory entries of this user:\n{m}"
+    msgs = [{'role': 'system', 'content': PASTED_SYSTEM}]
+    if one_shot:
+        ex_aspects = EXAMPLE_REQUEST[2] if aspects is not None else None
+        msgs += [{'role': 'user', 'content': block(*EXAMPLE_REQUEST[:2], ex_aspects, format_memory_entries(EXAMPLE_MEMORY))},
+                 {'role': 'assistant', 'content': _answer(EXAMPLE_PROFILE, [e['entry_id'] for e in EXAMPLE_MEMORY])}]
+    return msgs + [{'role': 'user', 'content': block(query, category, aspects, memory_text)}]
+
+EXPANSION_MEMORY_HEADS = {'naive': "The customer's latest purchases (oldest first), with ratings and reviews:",
+                          'static': "A summary of the customer's preferences:"}
+
+def expansion_conversation(query: str, memory: str = 'none', memory_text: str = '', one_shot: bool = False) -> list[dict]:
+    "The Rec-R1-style query-expansion conversation, with no memory or the naive / static memory pasted."
+    if memory not in ('none', *EXPANSION_MEMORY_HEADS): raise ValueError(f"memory must be 'none', 'naive' or 'static', got {memory!r}")
+    system = EXPANSION_SYSTEM + (" What is known about the customer is given with the request; use it where it helps."
+                                 if memory != 'none' else '') + f" Answer in exactly this format:\n{EXPANSION_FORMAT}"
+    def user(q, m):
+        return f"Request: {q}" + (f"\n{EXPANSION_MEMORY_HEADS[memory]}\n{m or '(nothing known)'}" if memory != 'none' else '')
+    msgs = [{'role': 'system', 'content': system}]
+    if one_shot:
+        ex_mem = 'Prefers games of 15 to 30 minutes. Plays with two young children.'
+        msgs += [{'role': 'user', 'content': user(EXAMPLE_REQUEST[0], ex_mem)},
+                 {'role': 'assistant', 'content': _answer(EXAMPLE_EXPANSION, [])}]
+    return msgs + [{'role': 'user', 'content': user(query, memory_text)}]
+
+# %% ../nbs/05_retrieval.ipynb #19d35b04
+def token_counter(llm) -> tuple[Callable[[list[str]], list[int]], str]:
+    "(count function, method): the LLM's own tokenizer when it has one, else ~4 characters per token."
+    if llm is not None and hasattr(llm, 'count_tokens'): return llm.count_tokens, 'llm_tokenizer'
+    return (lambda texts: [math.ceil(len(t) / 4) for t in texts]), 'approx_4_chars'
+
+def _closed_call_text(text: str) -> str:
+    "A turn cut at the `</tool_call>` stop string, with the tag put back."
+    return text if text.rstrip().endswith('</tool_call>') or '<tool_call>' not in text else text.rstrip() + '\n</tool_call>'
+
+def _turn_record(g, calls, errors) -> dict:
+    return {'text': g.text, 'finish_reason': g.finish_reason, 'input_tokens': int(g.input_tokens),
+            'output_tokens': int(g.output_tokens), 'cached': bool(getattr(g, 'cached', False)),
+            'tool_calls': [{'name': c.get('name'), 'arguments': c.get('arguments')} for c in calls], 'tool_call_errors': int(errors)}
+
+def run_agent(llm, conversations: list[list[dict]], user_ids: Sequence[str] | None = None, memory=None, *,
+              tools: bool = False, protocol: str = 'text', max_tool_calls: int = 1, memory_top_k: int = 3, levels=None,
+              entry_chars: int = 0, max_new_tokens: int | None = None, temperature: float = 0.0, seed: int = 0,
+              stage: str = 'agent', progress: bool | None = None) -> list[dict]:
+    "Run the multi-turn loop for all `conversations` at once; one result dict per conversation (see above)."
+    n = len(conversations)
+    if tools and (user_ids is None or len(user_ids) != n): raise ValueError("tools need one user id per conversation")
+    if protocol not in ('text', 'chat_tools'): raise ValueError(f"protocol must be 'text' or 'chat_tools', got {protocol!r}")
+    native = tools and protocol == 'chat_tools'
+    convs = [protocol_messages(c, 'text') if tools and not native else [dict(m) for m in c] for c in conversations]
+    out = [{'turns': [], 'tool_calls': [], 'answer_text': None, 'calls_over_limit': 0} for _ in range(n)]
+    count, _ = token_counter(llm)
+    active = list(range(n))
+    sampling = {'temperature': temperature, **({'seed': seed} if temperature > 0 else {})}
+    for turn in range(max_tool_calls + 1 if tools else 1):
+        if not active: break
+        allow = tools and turn < max_tool_calls
+        stop = ['</tool_call>'] if allow and not native else None
+        gens = llm.generate([convs[i] for i in active], tools=[memory_tool_schema()] if native else None,
+                            max_new_tokens=max_new_tokens, stop=stop, stage=stage, progress=progress, **sampling)
+        pending = []                                                   # (query, call, aspects) to serve this turn
+        for i, g in zip(active, gens):
+            calls, errors = (g.tool_calls, g.tool_call_errors) if native else parse_tool_calls(g.text) if tools else ([], 0)
+            out[i]['turns'].append(_turn_record(g, calls, errors))
+            valid = [(c, a) for c in calls if (a := tool_call_aspects(c))]
+            if allow and valid and '\\boxed{' not in g.text:
+                take = valid[:max_tool_calls - len(out[i]['tool_calls'])]
+                pending += [(i, c, a) for c, a in take]
+                if native:
+                    msg = g.as_message()
+                    msg['tool_calls'] = [m for m in msg['tool_calls'] if m['id'] in {c['id'] for c, _ in take}]
+                else:
+                    msg = {'role': 'assistant', 'content': _closed_call_text(g.text)}
+                convs[i].append(msg)
+                out[i]['tool_calls'] += [{'aspects': a, 'call_id': c.get('id')} for c, a in take]
+            else:
+                out[i]['answer_text'] = g.text
+                out[i]['calls_over_limit'] = len(valid) if tools and not allow else 0
+                convs[i].append({'role': 'assistant', 'content': g.text})
+        if pending:
+            found = lookup_memory(memory, [user_ids[i] for i, _, _ in pending], [a for _, _, a in pending], memory_top_k, levels)
+            for (i, c, a), entries in zip(pending, found):
+                result = format_memory_entries(entries, entry_chars)
+                rec = next(r for r in out[i]['tool_calls'] if r['aspects'] == a and 'result' not in r)
+                rec.update(entries=entries, entry_ids=[e['entry_id'] for e in entries], result=result,
+                           memory_tokens=count([result])[0] if entries else 0)
+                convs[i].append({'role': 'tool', 'tool_call_id': c.get('id'), 'name': MEMORY_TOOL_NAME, 'content': result}
+                                if native else tool_result_message(result))
+        active = sorted({i for i, _, _ in pending})
+    for i in range(n):
+        out[i]['messages'] = convs[i]
+        out[i]['answer'] = parse_answer(out[i]['answer_text'])
+        out[i]['memory_ids'] = list(dict.fromkeys(e for c in out[i]['tool_calls'] for e in c.get('entry_ids', [])))
+        out[i]['memory_text'] = '\n'.join(c['result'] for c in out[i]['tool_calls'] if c.get('entries'))
+        out[i]['memory_tokens'] = sum(c.get('memory_tokens', 0) for c in out[i]['tool_calls'])
+    return out
+
+# %% ../nbs/05_retrieval.ipynb #35ac7545
+SETTING_METHODS = ('query', 'expansion', 'pasted', 'agent')
+
+@dataclass(frozen=True)
+class Setting:
+    "One way of producing a ranking for a query; `name` identifies its trajectories."
+    name: str
+    method: str                                  # one of SETTING_METHODS
+    about: str = ''
+    memory: str = 'none'                         # expansion: 'none' | 'naive' | 'static'
+    levels: tuple[str, ...] = LOCAL_LEVELS       # local-memory levels (agent, pasted); () = no local memory
+    use_global: bool = True                      # agent, pasted: global aspects in the prompt
+    top_k: int | None = None                     # memory entries per call (None = [agent] memory_top_k)
+    retriever: str | None = None                 # item search (None = [retrieval] retriever)
+    policy: str = 'base'                         # 'base' ([llm] model) or 'trained' (the RL policy)
+
+    def __post_init__(self):
+        if not re.fullmatch(r'[a-z0-9_]+', self.name): raise ValueError(f"setting name {self.name!r}: use a-z, 0-9 and _ only (it names files)")
+        if self.method not in SETTING_METHODS: raise ValueError(f"setting {self.name}: method must be one of {SETTING_METHODS}, got {self.method!r}")
+        if self.memory not in ('none', 'naive', 'static'): raise ValueError(f"setting {self.name}: memory must be none, naive or static")
+        if any(l not in LOCAL_LEVELS for l in self.levels): raise ValueError(f"setting {self.name}: levels must be a subset of {LOCAL_LEVELS}")
+        if self.policy not in ('base', 'trained'): raise ValueError(f"setting {self.name}: policy must be 'base' or 'trained'")
+
+    @property
+    def uses_llm(self) -> bool: return self.method != 'query'
+
+_LEVEL_SETTING = {(): 'mrrec_wo_local', ('record',): 'mrrec_records', ('pattern',): 'mrrec_patterns', ('profile',): 'mrrec_profile',
+                  LOCAL_LEVELS: 'mrrec'}
+
+def settings_registry(cfg: AgentConfig | None = None, trained: bool = False) -> dict[str, Setting]:
+    "Every setting of the stage (the `_rl` copies of the agent settings when `trained`)."
+    cfg = cfg or AgentConfig()
+    s = [Setting('query_dense', 'query', 'query only, dense retriever (BLAIR-style)', retriever='dense'),
+         Setting('query_bm25', 'query', 'query only, BM25', retriever='bm25'),
+         Setting('llm_none', 'expansion', 'LLM query expansion, no memory (Rec-R1-style prompt)'),
+         Setting('llm_naive', 'expansion', 'LLM query expansion with the naive memory (latest 10 interactions)', memory='naive'),
+         Setting('llm_static', 'expansion', 'LLM query expansion with the static memory (LLM summary)', memory='static'),
+         Setting('mrrec_wo_reasoning', 'pasted', 'memory found by query similarity, pasted; no reasoning or tool')]
+    for levels, name in _LEVEL_SETTING.items():
+        s.append(Setting(name, 'agent', 'MR.Rec' if name == 'mrrec' else f"MR.Rec, local levels {list(levels) or 'none'}", levels=levels))
+    s += [Setting('mrrec_wo_global', 'agent', 'MR.Rec without global memory', use_global=False),
+          Setting('mrrec_bm25', 'agent', 'MR.Rec, BM25 item search', retriever='bm25')]
+    s += [Setting(f'mrrec_k{k}', 'agent', f'MR.Rec, memory top-{k}', top_k=k) for k in cfg.f6_top_k if k != cfg.memory_top_k]
+    if trained:
+        s += [dataclasses.replace(x, name=f'{x.name}_rl', policy='trained', about=f'{x.about} (RL-trained policy)')
+              for x in list(s) if x.method == 'agent']
+    return {x.name: x for x in s}
+
+# (experiment, row, setting, the trained policy's copy fills the row when it exists)
+EXPERIMENT_ROWS = (
+    ('T1', 'dense retriever, query only (BLAIR-style)', 'query_dense', False),
+    ('T1', 'LLM, no memory (Rec-R1-style expansion)', 'llm_none', False),
+    ('T1', 'LLM, naive memory (latest 10)', 'llm_naive', False),
+    ('T1', 'LLM, static memory (summary)', 'llm_static', False),
+    ('T1', 'MR.Rec', 'mrrec', True),
+    *(('T2', row, _LEVEL_SETTING[levels], True) for row, levels in T2_VARIANTS.items()),
+    ('F3', 'w/o local', 'mrrec_wo_local', True),
+    ('F3', 'w/o global', 'mrrec_wo_global', True),
+    ('F3', 'w/o reasoning (memory by query similarity)', 'mrrec_wo_reasoning', False),
+    ('F3', 'w/o RL', 'mrrec', False),
+    ('F3', 'full', 'mrrec_rl', False),
+    ('F5', 'MR.Rec, dense', 'mrrec', True),
+    ('F5', 'MR.Rec, BM25', 'mrrec_bm25', True),
+    ('F5', 'query only, dense', 'query_dense', False),
+    ('F5', 'query only, BM25', 'query_bm25', False),
+)
+
+def experiment_rows(available: Sequence[str], cfg: AgentConfig | None = None) -> pd.DataFrame:
+    "Rows (experiment, row, setting) of the tables and figures that the `available` settings fill."
+    cfg, have = cfg or AgentConfig(), set(available)
+    rows = list(EXPERIMENT_ROWS) + [('F6', f'k={k}', 'mrrec' if k == cfg.memory_top_k else f'mrrec_k{k}', True) for k in cfg.f6_top_k]
+    out = []
+    for exp, row, name, prefer_trained in rows:
+        pick = f'{name}_rl' if prefer_trained and f'{name}_rl' in have else name
+        if pick in have: out.append({'experiment': exp, 'row': row, 'setting': pick})
+    return pd.DataFrame(out, columns=['experiment', 'row', 'setting'])
+
+# %% ../nbs/05_retrieval.ipynb #4a6f5a02
+def _levels_key(levels) -> tuple: return tuple(l for l in LOCAL_LEVELS if l in levels)
+
+def evaluation_queries(queries: pd.DataFrame, memory_users, max_queries: int = 0, seed: int = 0) -> pd.DataFrame:
+    "The queries every setting answers: those of users with local memory first, then the rest in a seeded order; `max_queries` of them (0 = all), by qid."
+    need = [c for c in ('qid', 'query', 'item_id', 'user_id', 'category') if c not in queries.columns]
+    if need: raise ValueError(f"queries lack column(s) {need}; have {list(queries.columns)}")
+    users = set(map(str, memory_users))
+    q = queries.assign(has_local_memory=queries['user_id'].astype(str).isin(users))
+    order = sorted(range(len(q)), key=lambda i: (not q['has_local_memory'].iat[i], stable_hash(seed, str(q['qid'].iat[i]))))
+    q = q.iloc[order[:max_queries] if max_queries else order]
+    return q.sort_values('qid', kind='stable').reset_index(drop=True)
+
+@dataclass
+class StageContext:
+    "What the settings of one run share; LLMs and retrievers are made on first use."
+    queries: pd.DataFrame                    # evaluation_queries(...)
+    items: pd.DataFrame                      # the item pool (item_id, category, metadata)
+    memory: object | None                    # LocalMemory (None: no local memory anywhere)
+    global_memory: object | None             # GlobalMemory (anything with prompt_text(category, text, max_aspects, max_descriptions))
+    embedder: object
+    cfg: AgentConfig
+    rcfg: RetrievalConfig
+    llm_factory: Callable[[str], object] | None = None   # policy ('base' | 'trained') -> LLM
+    cache_dir: Path | None = None
+    seed: int = 0
+    policy_id: str | None = None                        # identity of the trained policy (path and timestamp), for signatures
+    retrievers: dict = field(default_factory=dict)
+    llms: dict = field(default_factory=dict)
+
+    def retriever(self, name: str | None):
+        name = name or self.rcfg.retriever
+        if name not in self.retrievers:
+            self.retrievers[name] = make_retriever(name, self.items, self.rcfg, embedder=self.embedder, cache_dir=self.cache_dir, seed=self.seed)
+        return self.retrievers[name]
+
+    def llm(self, policy: str):
+        if policy not in self.llms:
+            if self.llm_factory is None: raise RuntimeError("this StageContext has no llm_factory: LLM settings cannot run")
+            self.llms[policy] = self.llm_factory(policy)
+        return self.llms[policy]
+
+def _clip_block(text: str, n: int) -> str:
+    "`text` cut to at most `n` characters at a word boundary (line breaks kept; 0 = whole)."
+    text = str(text).strip()
+    if not n or len(text) <= n: return text
+    cut = text[:max(1, n - 1)]
+    if not text[len(cut)].isspace():               # the cut falls inside a word: drop that word
+        at = max(cut.rfind(' '), cut.rfind('\n'))
+        if at > 0: cut = cut[:at]
+    return cut.rstrip() + '\u2026'
+
+def _memory_block(memory, user_id: str, kind: str, chars: int) -> str:
+    "A user's naive or static memory text for the prompt ('' without local memory)."
+    if memory is None or user_id not in memory: return ''
+    return _clip_block(memory.baseline(user_id, kind), chars)
+
+def setting_conversations(setting: Setting, ctx: StageContext, protocol: str) -> tuple[list[list[dict]], list[dict]]:
+    "First-turn conversations of an LLM setting, and per query what the prompt carries: local memory (text, ids, entries), global aspects."
+    cfg, q = ctx.cfg, ctx.queries
+    if setting.method == 'expansion':
+        texts = [_memory_block(ctx.memory, u, setting.memory, cfg.memory_chars) if setting.memory != 'none' else ''
+                 for u in q['user_id'].astype(str)]
+        convs = [expansion_conversation(query, setting.memory, t, cfg.one_shot) for query, t in zip(q['query'], texts)]
+        return convs, [{'memory_text': t, 'memory_ids': [], 'entries': [], 'global_memory': None} for t in texts]
+    glob = ctx.global_memory if setting.use_global else None
+    aspects = [glob.prompt_text(c, query, cfg.max_aspects or None, cfg.max_descriptions or None) if glob is not None else None
+               for c, query in zip(q['category'], q['query'])]
+    if setting.method == 'agent':
+        tool = bool(setting.levels)
+        convs = [agent_conversation(query, c, a, tool, cfg.one_shot, protocol) for query, c, a in zip(q['query'], q['category'], aspects)]
+        return convs, [{'memory_text': '', 'memory_ids': [], 'entries': [], 'global_memory': a} for a in aspects]
+    found = lookup_memory(ctx.memory if setting.levels else None, q['user_id'].astype(str).tolist(), q['query'].tolist(),
+                          setting.top_k or cfg.memory_top_k, _levels_key(setting.levels))
+    blocks = [format_memory_entries(e, cfg.entry_chars) for e in found]
+    convs = [pasted_conversation(query, c, a, b, cfg.one_shot) for query, c, a, b in zip(q['query'], q['category'], aspects, blocks)]
+    return convs, [{'memory_text': b if e else '', 'memory_ids': [x['entry_id'] for x in e], 'entries': e, 'global_memory': a}
+                   for b, e, a in zip(blocks, found, aspects)]
+
+def run_setting(setting: Setting, ctx: StageContext, progress: bool | None = None) -> tuple[list[dict], dict]:
+    "One trajectory record per query of `ctx.queries` for `setting`, and the setting's summary."
+    t0 = time.perf_counter()
+    q, cfg = ctx.queries, ctx.cfg
+    n = len(q)
+    llm, protocol, method = None, None, 'none'
+    if setting.uses_llm:
+        llm = ctx.llm(setting.policy)
+        protocol = agent_protocol(cfg.protocol, llm)
+        convs, pasted = setting_conversations(setting, ctx, protocol)
+        tools = setting.method == 'agent' and bool(setting.levels)
+        res = run_agent(llm, convs, q['user_id'].astype(str).tolist(), ctx.memory, tools=tools, protocol=protocol,
+                        max_tool_calls=cfg.max_tool_calls, memory_top_k=setting.top_k or cfg.memory_top_k,
+                        levels=_levels_key(setting.levels), entry_chars=cfg.entry_chars, max_new_tokens=cfg.max_new_tokens or None,
+                        temperature=cfg.temperature, seed=ctx.seed, stage=f'agent.{setting.name}', progress=progress)
+        count, method = token_counter(llm)
+        for r, p in zip(res, pasted):
+            if p['memory_text']:
+                r.update(memory_text=p['memory_text'], memory_ids=p['memory_ids'], memory_tokens=count([p['memory_text']])[0],
+                         pasted_entries=p['entries'])
+            r['global_memory'] = p['global_memory']
+        searched = [search_text(r['answer'], query, cfg.salvage_profile) for r, query in zip(res, q['query'])]
+    else:
+        res = [None] * n
+        searched = [(query, 'query', None) for query in q['query']]
+    ret = ctx.retriever(setting.retriever)
+    result = ret.search([s for s, _, _ in searched], k=ctx.rcfg.top_k)
+    ranks = target_ranks(result, q['item_id'].tolist(), ret.item_ids)
+    top = result.head(cfg.top_items).item_ids(ret.item_ids)
+    records = []
+    for i in range(n):
+        row, r = q.iloc[i], res[i]
+        a = r['answer'] if r else None
+        records.append({
+            'setting': setting.name, 'method': setting.method, 'policy': setting.policy, 'protocol': protocol, 'retriever': ret.name,
+            'qid': row['qid'].item() if hasattr(row['qid'], 'item') else row['qid'], 'user_id': str(row['user_id']),
+            'category': row['category'], 'query': row['query'], 'target_item_id': str(row['item_id']),
+            'has_local_memory': bool(row['has_local_memory']) if 'has_local_memory' in row else None,
+            'messages': r['messages'] if r else [], 'turns': r['turns'] if r else [],
+            'tool_calls': [{k: c.get(k) for k in ('aspects', 'entry_ids', 'entries', 'result', 'memory_tokens')} for c in r['tool_calls']] if r else [],
+            'global_memory': r['global_memory'] if r else None, 'pasted_entries': r.get('pasted_entries', []) if r else [],
+            'memory_ids': r['memory_ids'] if r else [], 'memory_text': r['memory_text'] if r else '',
+            'memory_tokens': int(r['memory_tokens']) if r else 0, 'memory_tokens_method': method,
+            'memory_used': bool(r and r['tool_calls']), 'n_tool_calls': len(r['tool_calls']) if r else 0,
+            'calls_over_limit': r['calls_over_limit'] if r else 0,
+            'answer_text': r['answer_text'] if r else None, 'parse_status': a.status if a else None,
+            'format_ok': a.format_ok if a else None, 'profile': a.profile if a else None,
+            'salvaged_profile': a.salvaged if a else None, 'useful_memory_ids': list(a.memory_ids) if a else [],
+            'search_text': searched[i][0], 'retrieval_source': searched[i][1], 'fallback': searched[i][2],
+            'top_items': [x for x in top[i].tolist() if x is not None], 'target_rank': int(ranks[i]),
+            'llm_input_tokens': sum(t['input_tokens'] for t in r['turns']) if r else 0,
+            'llm_output_tokens': sum(t['output_tokens'] for t in r['turns']) if r else 0,
+            'llm_cached_turns': sum(t['cached'] for t in r['turns']) if r else 0})
+    df = pd.DataFrame(records)
+    summary = {'setting': setting.name, 'method': setting.method, 'policy': setting.policy, 'retriever': ret.name, 'queries': n,
+               'format_ok': float(df['format_ok'].mean()) if setting.uses_llm else None,
+               'tool_called': float(df['memory_used'].mean()), 'searched_profile': float((df['retrieval_source'] == 'profile').mean()),
+               'searched_salvaged': float((df['retrieval_source'] == 'salvaged').mean()),
+               'searched_query': float((df['retrieval_source'] == 'query').mean()),
+               'memory_tokens': float(df['memory_tokens'].mean()), 'llm_input_tokens': int(df['llm_input_tokens'].sum()),
+               'llm_output_tokens': int(df['llm_output_tokens'].sum()), 'seconds': round(time.perf_counter() - t0, 2)}
+    return records, summary
+
+# %% ../nbs/05_retrieval.ipynb #70ffd7b5
+AGENT_VERSION = 3   # bump when the code changes what a setting would produce (prompt texts are hashed below)
+
+def prompts_fingerprint() -> str:
+    "A hash of every fixed prompt text, example and the tool schema: editing one reruns the settings."
+    return stable_hash([agent_system_prompt(t, a) for t in (True, False) for a in (True, False)], PASTED_SYSTEM, EXPANSION_SYSTEM,
+                       EXPANSION_FORMAT, EXPANSION_MEMORY_HEADS, EXAMPLE_REQUEST, EXAMPLE_ASPECTS, EXAMPLE_MEMORY, EXAMPLE_PROFILE,
+                       EXAMPLE_EXPANSION, format_tool_call('x'), NO_MEMORY_TEXT, memory_tool_schema(), request_text('q', 'c', 'a'), n=12)
+
+def setting_signature(setting: Setting, ctx: StageContext, extra: dict | None = None) -> str:
+    "What a setting's trajectories depend on (see above), hashed."
+    mem = getattr(ctx.memory, 'manifest', {}) or {}
+    glob = getattr(ctx.global_memory, 'manifest', {}) or {}
+    cfg = {k: v for k, v in dataclasses.asdict(ctx.cfg).items() if k not in ('settings', 'policy')}   # which settings run; the policy is below
+    policy = ctx.policy_id if setting.policy == 'trained' else None
+    return stable_hash(AGENT_VERSION, prompts_fingerprint(), dataclasses.asdict(setting), cfg, dataclasses.asdict(ctx.rcfg), policy,
+                       ctx.queries['qid'].astype(str).tolist(), ctx.queries['item_id'].astype(str).tolist(),
+                       mem.get('fingerprint'), sorted(mem.get('users', [])), glob.get('fingerprint'), ctx.seed, extra or {}, n=20)
+
+def trajectory_paths(folder: str | os.PathLike, name: str) -> tuple[Path, Path]:
+    "(records, summary) files of setting `name`."
+    return Path(folder) / f'{name}.jsonl', Path(folder) / f'{name}.json'
+
+def run_settings(ctx: StageContext, settings: Sequence[Setting], folder: str | os.PathLike, extra_signature: dict | None = None,
+                 force: bool = False, progress: bool = True) -> pd.DataFrame:
+    "Run each setting not finished yet under `folder` (atomic, resumable per setting); the summaries, with `status` ran / skipped."
+    rows = []
+    bar = tqdm(settings, desc='settings', unit='setting', disable=not progress)
+    for s in bar:
+        bar.set_postfix_str(s.name)
+        rec_path, sum_path = trajectory_paths(folder, s.name)
+        sig = setting_signature(s, ctx, extra_signature)
+        if not force and sum_path.exists() and rec_path.exists() and read_json(sum_path).get('signature') == sig:
+            rows.append({**read_json(sum_path)['summary'], 'status': 'skipped'}); continue
+        records, summary = run_setting(s, ctx, progress=None if progress else False)
+        write_jsonl(records, rec_path)
+        write_json({'signature': sig, 'setting': dataclasses.asdict(s), 'summary': summary}, sum_path)
+        rows.append({**summary, 'status': 'ran'})
+    return pd.DataFrame(rows)
+
+TRAJECTORY_COLUMNS = ('setting', 'qid', 'user_id', 'category', 'target_item_id', 'target_rank', 'format_ok', 'parse_status',
+                      'memory_used', 'n_tool_calls', 'memory_tokens', 'retrieval_source', 'fallback', 'has_local_memory')
+
+def read_trajectories(folder: str | os.PathLike, settings: Sequence[str] | None = None, full: bool = False) -> pd.DataFrame:
+    "One row per (setting, query) from the finished settings under `folder` (`rank` = target_rank, for mrrec.eval.metric_table)."
+    folder = Path(folder)
+    if settings is None:   # every finished setting: a summary written by run_settings beside its records
+        settings = sorted(p.stem for p in folder.glob('*.json') if (folder / f'{p.stem}.jsonl').exists()
+                          and {'signature', 'summary'} <= set(read_json(p)))
+    names = list(settings)
+    frames = []
+    for name in names:
+        rec_path, sum_path = trajectory_paths(folder, name)
+        if not sum_path.exists() or not rec_path.exists(): raise FileNotFoundError(f"setting {name!r} has no finished trajectories in {folder}")
+        df = pd.DataFrame(read_jsonl(rec_path))
+        frames.append(df if full else df[[c for c in TRAJECTORY_COLUMNS if c in df.columns]])
+    out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(TRAJECTORY_COLUMNS))
+    return out.assign(rank=out['target_rank'])
+
+# %% ../nbs/05_retrieval.ipynb #9814d729
+def open_memories(run: Run, embedder, bundle=None, build: bool = True, progress: bool = False) -> tuple:
+    "The run's (LocalMemory, GlobalMemory); a missing store is built with its stage's functions when `build`, else an error."
+    from mrrec.data import prepare_data
+    from mrrec.llm import LLMConfig, load_llm_for_run
+    from mrrec.local_memory import LocalMemory, LocalMemoryConfig, build_local_memory, llm_identity, memory_users, user_histories
+    from mrrec.global_memory import GlobalMemory, GlobalMemoryConfig, build_global_memory
+    local_root, global_root = run.memory / 'local', run.memory / 'global'
+    missing = [p for p in (local_root, global_root) if not (p / 'manifest.json').exists()]
+    if missing and not build:
+        raise FileNotFoundError(f"no memory store at {', '.join(map(str, missing))}: run the memory stages first (nbs/03, nbs/04)")
+    if missing:
+        bundle = bundle or prepare_data(run, progress=False)
+        llm_id, factory = llm_identity(run.profile.section(LLMConfig)), (lambda: load_llm_for_run(run))
+        if local_root in missing:
+            lcfg = run.profile.section(LocalMemoryConfig)
+            users = memory_users(bundle.queries, max_users=lcfg.max_users)
+            history = user_histories(bundle.histories, bundle.queries)
+            build_local_memory(history[history.user_id.isin(users)], factory, embedder, lcfg, local_root, users=users,
+                               llm_id=llm_id, progress=progress)
+        if global_root in missing:
+            bought = {u: set(g) for u, g in bundle.histories.groupby('user_id')['item_id']}
+            build_global_memory(bundle.split('train'), bundle.items, factory, embedder, run.profile.section(GlobalMemoryConfig),
+                                global_root, seed=run.seed, bought=bought, llm_id=llm_id, progress=progress)
+    return LocalMemory(local_root, embedder), GlobalMemory(global_root, embedder)
+
+def _policy_id(policy: str | None) -> str | None:
+    if not policy: return None
+    p = Path(policy)
+    if not p.exists(): raise FileNotFoundError(f"[agent] policy: {p} does not exist (the RL stage writes it, see mrrec.rl.trained_policy)")
+    stamp = max((f.stat().st_mtime for f in p.iterdir() if f.is_file()), default=p.stat().st_mtime)
+    return f"{p.resolve()}@{int(stamp)}"
+
+def stage_context(run: Run, cfg: AgentConfig | None = None, rcfg: RetrievalConfig | None = None, embedder=None,
+                  policy: str | None = None, build_memory: bool = True) -> StageContext:
+    "The run's StageContext: test queries (`[agent] max_queries`), pool, memories, embedder, LLM factories."
+    from mrrec.data import prepare_data
+    from mrrec.llm import load_embedder_for_run, load_llm_for_run
+    cfg = cfg or run.profile.section(AgentConfig)
+    rcfg = rcfg or run.profile.section(RetrievalConfig)
+    policy = cfg.policy if policy is None else policy
+    bundle = prepare_data(run, progress=False)
+    embedder = embedder or load_embedder_for_run(run)
+    memory, glob = open_memories(run, embedder, bundle, build=build_memory)
+    queries = evaluation_queries(bundle.split('test'), memory.users, cfg.max_queries, run.seed)
+    def llm_factory(which: str):
+        if which == 'base': return load_llm_for_run(run)
+        if not policy: raise ConfigError("a trained-policy setting needs a policy: pass policy= or set [agent] policy")
+        return load_llm_for_run(run, model=str(policy), gguf_file='')
+    return StageContext(queries, bundle.items, memory, glob, embedder, cfg, rcfg, llm_factory, run.cache, run.seed, _policy_id(policy))
+
+def stage_signature(run: Run) -> dict:
+    "The run-level inputs of every setting's signature: the `[llm]` and `[embed]` tables."
+    from mrrec.llm import EmbedConfig, llm_config
+    return {'llm': dataclasses.asdict(llm_config(run.profile)), 'embed': dataclasses.asdict(run.profile.section(EmbedConfig))}
+
+def select_settings(cfg: AgentConfig, names: Sequence[str] | None = None, trained: bool = False) -> list[Setting]:
+    "The settings to run: `names`, else `[agent] settings`, else all (with the `_rl` ones when `trained`)."
+    reg = settings_registry(cfg, trained)
+    names = list(names or cfg.settings or reg)
+    unknown = [n for n in names if n not in reg]
+    if unknown: raise ConfigError(f"unknown setting(s) {unknown}; known: {sorted(reg)}" + ('' if trained else " (the _rl settings need a policy)"))
+    return [reg[n] for n in names]
+
+def run_retrieval(run: Run, settings: Sequence[str] | None = None, ctx: StageContext | None = None, policy: str | None = None,
+                  force: bool = False, progress: bool = True) -> tuple[pd.DataFrame, StageContext]:
+    "Run the settings on the run's test queries into `run.trajectories`; (summaries with status ran / skipped, context)."
+    ctx = ctx or stage_context(run, policy=policy)
+    chosen = select_settings(ctx.cfg, settings, trained=ctx.policy_id is not None)
+    summary = run_settings(ctx, chosen, run.trajectories, stage_signature(run), force=force, progress=progress)
+    return summary, ctx
+
+def settings_metrics(trajectories: pd.DataFrame, ks=(10, 100)) -> pd.DataFrame:
+    "R@k and N@k per setting over all its queries (one row per setting), via mrrec.eval.metric_table."
+    from mrrec.eval import metric_table
+    t = metric_table(trajectories, by=('setting',), ks=ks, per_category=False)
+    wide = t.pivot_table(index=['setting', 'queries'], columns='metric', values='value', sort=False).reset_index()
+    return wide[['setting', 'queries', *[f'{m}@{k}' for m in ('R', 'N') for k in ks]]]
+
+def retrieve_main(argv: list[str]) -> int:
+    "`mrrec retrieve --profile ci|demo|paper [--out DIR] [--seed N] [--settings ...] [--policy DIR] [--force]`"
+    ap = argparse.ArgumentParser(prog='mrrec retrieve', description='MR.Rec agent and baselines: one trajectory file per setting.')
+    ap.add_argument('--profile', default='demo', help='profile name or path to a profile TOML file')
+    ap.add_argument('--out', default=None, help='run folder (default runs/<profile>-seed<seed>)')
+    ap.add_argument('--seed', type=int, default=None)
+    ap.add_argument('--settings', nargs='*', default=None, help=f'setting names (default: [agent] settings, else all); see --list')
+    ap.add_argument('--policy', default=None, help="trained policy folder for the _rl settings (default: [agent] policy)")
+    ap.add_argument('--force', action='store_true', help='rerun settings that are finished')
+    ap.add_argument('--list', action='store_true', help='list the settings and exit')
+    a = ap.parse_args(argv)
+    if a.list:
+        for s in settings_registry(trained=True).values(): print(f"{s.name:24s} {s.about}")
+        return 0
+    run = start_run(a.profile, a.out, a.seed)
+    try: summary, ctx = run_retrieval(run, a.settings, policy=a.policy, force=a.force)
+    except (ConfigError, FileNotFoundError) as e: print(f"error: {e}", file=sys.stderr); return 2
+    metrics = settings_metrics(read_trajectories(run.trajectories, summary['setting'].tolist()))
+    print(summary.merge(metrics, on=['setting']).to_string(index=False))
+    print(f"trajectories: {run.trajectories}")
     return 0

@@ -134,3 +134,225 @@ def test_benchmark_command_small(tmp_path, capsys):
     assert 'random L2-normalised float32 vectors' in printed and 'SynthC4 item text and queries (synthetic)' in printed
     with pytest.raises(SystemExit):
         bench_retrieval_main(['--parts', 'nope'])
+
+
+# ---- the MR.Rec agent (memory tool, protocol, answer parser, settings, trajectories) ----
+import hashlib, json, re
+from mrrec.core import load_profile as _load_profile, read_jsonl
+from mrrec.llm import Generation, parse_tool_calls
+from mrrec.local_memory import LocalMemory, LocalMemoryConfig, build_local_memory
+from mrrec.retrieval import (ANSWER_STATUSES, NO_MEMORY_TEXT, AgentConfig, MemoryTool, Setting, StageContext, agent_conversation,
+                             evaluation_queries, format_tool_call, lookup_memory, memory_call_aspects, memory_tool_fn,
+                             memory_tool_schema, parse_answer, parse_boxed_answer, read_trajectories, retrieve_main, run_agent,
+                             run_setting, run_settings, search_text, settings_registry, tool_result_message)
+
+
+class HashEmbedder:
+    "Hashed bag-of-words vectors, L2-normalised (deterministic, no model)."
+    def __init__(self, dim=64): self.dim = dim
+    def encode(self, texts, kind='query'):
+        x = np.zeros((len(texts), self.dim), np.float32)
+        for i, t in enumerate(texts):
+            for w in re.findall(r'[a-z]+', t.lower()):
+                x[i, int(hashlib.md5(w.encode()).hexdigest(), 16) % self.dim] += 1
+        x[x.sum(1) == 0, 0] = 1
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+USERS = {'alice': ['merino wool beanie', 'wool hiking socks', 'wool scarf'],
+         'bob': ['merino wool beanie deluxe', 'wool wool wool blanket', 'wool gloves'],     # bob's entries match "wool" best
+         'carol': ['steel tape measure', 'cordless drill', 'hammer']}
+
+
+@pytest.fixture(scope='module')
+def memory(tmp_path_factory):
+    rows = [{'user_id': u, 'item_id': f'{u}-{n}', 'category': 'Clothing', 'timestamp': n, 'rating': 5, 'review_title': 'ok',
+             'review_text': f'Love the {v}.', 'item_title': v.title(), 'item_text': f'A {v}.'}
+            for u, vals in USERS.items() for n, v in enumerate(vals)]
+    root = tmp_path_factory.mktemp('mem') / 'local'
+    build_local_memory(pd.DataFrame(rows), None, HashEmbedder(), LocalMemoryConfig(levels=('record',), baselines=('naive',)), root,
+                       progress=False)
+    return LocalMemory(root, HashEmbedder())
+
+
+def _owners(entries): return {e['entry_id'].split('/')[0] for e in entries}
+
+
+@pytest.mark.parametrize('user', ['alice', 'bob', 'carol'])
+@pytest.mark.parametrize('k', [1, 3, 10])
+def test_memory_tool_returns_only_its_users_entries(memory, user, k):
+    tool = MemoryTool(memory, user, k=k)
+    text = tool.memory_retrieval_tool('wool wool beanie')             # matches bob's entries best, whoever is bound
+    entries = tool.calls[-1]['entries']
+    assert _owners(entries) == {user}
+    assert len(entries) == min(k, len(USERS[user]))
+    assert [l.split(']')[0][1:] for l in text.splitlines()] == [e['entry_id'] for e in entries]
+    assert memory_tool_fn(memory, k=k)(user, 'wool wool beanie') == text
+
+
+def test_batched_lookup_keeps_each_pair_on_its_user(memory):
+    users = ['carol', 'alice', 'nobody', 'bob', 'alice']
+    found = lookup_memory(memory, users, ['wool'] * len(users), k=2)
+    assert [sorted(_owners(f)) for f in found] == [['carol'], ['alice'], [], ['bob'], ['alice']]
+    assert MemoryTool(memory, 'nobody').memory_retrieval_tool('wool') == NO_MEMORY_TEXT
+    assert MemoryTool(None, 'alice').memory_retrieval_tool('wool') == NO_MEMORY_TEXT
+
+
+def test_lookup_refuses_an_entry_of_another_user(memory, monkeypatch):
+    real = memory.retrieve_many
+    def leaky(users, texts, k, levels=None):
+        out = real(users, texts, k, levels)
+        return [o + real(['bob'], ['wool'], 1, levels)[0] for o in out]     # a store bug: bob's entry leaks into every answer
+    monkeypatch.setattr(memory, 'retrieve_many', leaky)
+    with pytest.raises(RuntimeError, match="returned entry 'bob/"):
+        MemoryTool(memory, 'alice').memory_retrieval_tool('wool')
+
+
+GOOD = '\\boxed{"ideal_item_profile": "a merino wool beanie", "useful_memory_ids": ["alice/record/clothing/0"]}'
+
+@pytest.mark.parametrize('text,status,profile,salvaged', [
+    (GOOD, 'ok', 'a merino wool beanie', None),
+    ('Reasoning first.\n' + GOOD + '\nThat is my answer {really}.', 'ok', 'a merino wool beanie', None),     # trailing prose
+    ('```\n' + GOOD + '\n```', 'ok', 'a merino wool beanie', None),                                          # fenced
+    ('```json\n{"ideal_item_profile": "a wool hat", "useful_memory_ids": []}\n```', 'no_box', None, 'a wool hat'),
+    ('\\boxed{"ideal_item_profile": "a {nested} hat", "useful_memory_ids": ["x"], "why": {"a": {"b": "}"}}}', 'ok', 'a {nested} hat', None),
+    ('\\boxed{"ideal_item_profile": "a hat"}', 'missing_keys', None, 'a hat'),
+    ('\\boxed{"useful_memory_ids": []}', 'missing_keys', None, None),
+    ('\\boxed{"ideal_item_profile": ["hat"], "useful_memory_ids": []}', 'bad_types', None, None),
+    ('\\boxed{"ideal_item_profile": "a hat", "useful_memory_ids": [', 'unclosed_box', None, 'a hat'),
+    ('\\boxed{"ideal_item_profile": "warm, warm, warm, warm wool', 'unclosed_box', None, 'warm wool'),
+    ('\\boxed{ideal_item_profile: a hat}', 'bad_json', None, None),
+    ('I recommend a wool hat.', 'no_box', None, None),
+    ('', 'no_box', None, None),
+    (None, 'no_box', None, None),
+])
+def test_answer_parser(text, status, profile, salvaged):
+    a = parse_answer(text)
+    assert a.status in ANSWER_STATUSES
+    assert (a.status, a.profile, a.salvaged, a.format_ok) == (status, profile, salvaged, status == 'ok')
+    assert (parse_boxed_answer(text) is not None) == (status == 'ok')
+
+
+def test_parse_boxed_answer_keeps_the_rl_contract():
+    "The cases the RL stage's own parser was written against (06_rl) give the same answers."
+    good = 'I think... \\boxed{"ideal_item_profile": "a wool beanie {warm}", "useful_memory_ids": ["u1-p-0", 7]}'
+    assert parse_boxed_answer(good) == {'ideal_item_profile': 'a wool beanie {warm}', 'useful_memory_ids': ['u1-p-0', '7']}
+    assert parse_boxed_answer('\\boxed{{"ideal_item_profile": "x", "useful_memory_ids": []}}')['ideal_item_profile'] == 'x'
+    for bad in [None, '', 'no box', '\\boxed{"ideal_item_profile": "x"}', '\\boxed{"ideal_item_profile": "x", "useful_memory_ids": []',
+                '\\boxed{ideal_item_profile: x, useful_memory_ids: []}', '\\boxed{"ideal_item_profile": 3, "useful_memory_ids": []}',
+                '\\boxed{"ideal_item_profile": "x", "useful_memory_ids": "m1"}', good + ' then \\boxed{"ideal_item_profile": "y"}']:
+        assert parse_boxed_answer(bad) is None, bad
+    assert memory_call_aspects('x ' + format_tool_call('fit, colour')) == 'fit, colour'
+    assert tool_result_message('[m] a') == {'role': 'user', 'content': '<tool_response>\n[m] a\n</tool_response>'}
+    rl = pytest.importorskip('mrrec.rl')
+    if hasattr(rl, 'memory_tool_schema'): assert rl.memory_tool_schema() == memory_tool_schema()
+
+
+class ScriptedLLM:
+    "Answers each conversation with `reply(conversation)`; tool calls parsed as mrrec.llm does."
+    def __init__(self, reply, supports_tools=False): self.reply, self.supports_tools, self.generate_calls = reply, supports_tools, 0
+    def count_tokens(self, texts): return [len(t.split()) for t in texts]
+    def generate(self, conversations, tools=None, stop=None, **kw):
+        self.generate_calls += 1
+        out = []
+        for conv in conversations:
+            text = self.reply(conv)
+            if stop: text = min((text[:text.find(s)] for s in stop if s in text), key=len, default=text)
+            calls, errors = parse_tool_calls(text) if tools else ([], 0)
+            out.append(Generation(text=text, tool_calls=calls, tool_call_errors=errors, input_tokens=10, output_tokens=5))
+        return out
+
+
+def _reply(conv):
+    last = conv[-1]['content'] or ''
+    if conv[-1]['role'] == 'tool' or last.startswith('<tool_response>'):
+        ids = re.findall(r'^\[([^\]]+)\]', last, re.M)
+        return '\\boxed' + json.dumps({'ideal_item_profile': 'merino wool beanie', 'useful_memory_ids': ids})
+    if 'broken' in last: return '\\boxed{"ideal_item_profile": "merino wool beanie, merino wool beanie, merino wool beanie'
+    if 'prose' in last: return 'A hat would be nice.'
+    return 'Material matters. ' + format_tool_call('wool material')
+
+
+POOL = pd.DataFrame({'item_id': [f'i{j}' for j in range(8)], 'category': 'Clothing',
+                     'metadata': ['merino wool beanie, warm', 'cotton beanie', 'steel tape measure', 'wool scarf', 'leather gloves',
+                                  'fleece jacket', 'rain jacket', 'wool socks']})
+QUERIES = pd.DataFrame({'qid': [0, 1, 2, 3], 'user_id': ['alice', 'bob', 'carol', 'nobody'], 'category': 'Clothing',
+                        'query': ['a hat for winter', 'prose: a hat for winter', 'broken: a hat', 'a hat for winter'],
+                        'item_id': ['i0', 'i0', 'i3', 'i1']})
+
+
+def _ctx(memory, cfg=None, reply=_reply):
+    return StageContext(evaluation_queries(QUERIES, memory.users), POOL, memory, None, HashEmbedder(), cfg or AgentConfig(),
+                        RetrievalConfig(top_k=5), llm_factory=lambda policy: ScriptedLLM(reply))
+
+
+def test_agent_fallback_path(memory):
+    ctx = _ctx(memory)
+    reg = settings_registry(ctx.cfg)
+    base, _ = run_setting(reg['query_dense'], ctx)
+    recs, summary = run_setting(reg['mrrec'], ctx)
+    assert [r['retrieval_source'] for r in recs] == ['profile', 'query', 'query', 'profile']
+    assert [r['fallback'] for r in recs] == [None, 'no_box', 'unclosed_box', None]
+    for r, b in zip(recs, base):
+        if r['retrieval_source'] == 'query': assert (r['search_text'], r['target_rank']) == (b['search_text'], b['target_rank'])
+    assert recs[0]['memory_used'] and _owners([{'entry_id': e} for e in recs[0]['memory_ids']]) == {'alice'}
+    assert recs[3]['memory_used'] and recs[3]['memory_ids'] == [] and recs[3]['memory_tokens'] == 0   # called, nothing there
+    assert summary['searched_query'] == 0.5
+    salv, _ = run_setting(reg['mrrec'], _ctx(memory, AgentConfig(salvage_profile=True)))
+    assert salv[2]['retrieval_source'] == 'salvaged' and salv[2]['search_text'] == 'merino wool beanie'
+    assert search_text(parse_answer('\\boxed{"ideal_item_profile": "", "useful_memory_ids": []}'), 'q') == ('q', 'query', 'empty_profile')
+
+
+def test_protocols_agree_and_batch_per_turn(memory):
+    convs = [agent_conversation(q, 'Clothing', '- Material', tool=True) for q in QUERIES['query']]
+    users = QUERIES['user_id'].tolist()
+    out = {}
+    for proto in ('text', 'chat_tools'):
+        llm = ScriptedLLM(_reply, supports_tools=proto == 'chat_tools')
+        out[proto] = run_agent(llm, convs, users, memory, tools=True, protocol=proto)
+        assert llm.generate_calls == 2                                   # one call per turn for all queries
+        roles = [m['role'] for m in out[proto][0]['messages']]
+        assert roles[-3:] == ['assistant', 'tool' if proto == 'chat_tools' else 'user', 'assistant']
+    assert [r['answer'] for r in out['text']] == [r['answer'] for r in out['chat_tools']]
+    assert [r['memory_ids'] for r in out['text']] == [r['memory_ids'] for r in out['chat_tools']]
+
+
+def test_trajectories_resume_per_setting(memory, tmp_path):
+    ctx = _ctx(memory)
+    reg = settings_registry(ctx.cfg)
+    chosen = [reg[n] for n in ('query_dense', 'mrrec', 'mrrec_wo_local', 'llm_naive', 'mrrec_k1')]
+    first = run_settings(ctx, chosen, tmp_path, progress=False)
+    assert first['status'].tolist() == ['ran'] * 5
+    stamp = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
+    assert run_settings(ctx, chosen, tmp_path, progress=False)['status'].tolist() == ['skipped'] * 5
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == stamp          # nothing rewritten
+    (tmp_path / 'mrrec.json').unlink()                                                 # an interrupted setting: records but no summary
+    assert run_settings(ctx, chosen, tmp_path, progress=False)['status'].tolist() == ['skipped', 'ran', 'skipped', 'skipped', 'skipped']
+    tr = read_trajectories(tmp_path)
+    assert len(tr) == 5 * len(QUERIES) and set(tr['rank']) <= set(range(0, 6))
+    k1 = pd.DataFrame(read_jsonl(tmp_path / 'mrrec_k1.jsonl'))
+    assert all(len(c['entry_ids']) <= 1 for calls in k1['tool_calls'] for c in calls)
+    assert not read_trajectories(tmp_path, ['mrrec_wo_local'])['memory_used'].any()
+
+
+def test_evaluation_queries_put_memory_users_first():
+    q = pd.DataFrame({'qid': range(10), 'user_id': [f'u{i}' for i in range(10)], 'query': 'q', 'item_id': 'i', 'category': 'c'})
+    got = evaluation_queries(q, ['u7', 'u3'], max_queries=4, seed=1)
+    assert {'u7', 'u3'} <= set(got.user_id) and len(got) == 4 and got.qid.is_monotonic_increasing
+    assert got.equals(evaluation_queries(q, ['u7', 'u3'], max_queries=4, seed=1))
+    assert len(evaluation_queries(q, [], 0)) == 10
+
+
+@pytest.mark.parametrize('name', ['ci', 'demo', 'paper'])
+def test_profile_agent_tables(name):
+    cfg = _load_profile(name).section(AgentConfig)
+    assert cfg.memory_top_k == 3 and cfg.max_tool_calls == 1 and tuple(cfg.f6_top_k) == (1, 3, 5, 10)
+    assert (cfg.max_queries == 0) == (name == 'paper') and cfg.salvage_profile == (name != 'paper')
+
+
+def test_setting_names_are_unique_and_cli_lists_them(capsys):
+    reg = settings_registry(trained=True)
+    assert len(reg) == len(set(reg)) and {'mrrec', 'mrrec_rl', 'query_dense', 'llm_static', 'mrrec_k10_rl'} <= set(reg)
+    assert retrieve_main(['--list']) == 0
+    assert 'mrrec_wo_global' in capsys.readouterr().out
+    with pytest.raises(ValueError, match='levels must be a subset'): Setting('x', 'agent', levels=('records',))
