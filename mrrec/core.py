@@ -240,6 +240,7 @@ COMMANDS = {
     'bench retrieval': ('mrrec.retrieval:bench_retrieval_main', 'BM25 (bm25s vs rank-bm25) and exact dense search speed and memory'),
     'reproduce': ('mrrec.core:reproduce_main', 'run the stage notebooks under a profile and write the report'),
     'retrieve': ('mrrec.retrieval:retrieve_main', 'MR.Rec agent and baselines: one trajectory file per setting'),
+    'rl': ('mrrec.rl:rl_main', 'GRPO training of the agent with memory rollouts (F4 log); --launch-files writes the multi-GPU launch'),
     'eval': ('mrrec.eval:eval_main', 'evaluation tables T1-T3 and figures F3-F6 of a run'),
     'efficiency': ('mrrec.efficiency:efficiency_main', 'T4, stage timings and the item-search scaling plot'),
 }

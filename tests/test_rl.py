@@ -1,0 +1,173 @@
+"""GRPO stage (mrrec.rl): the loss mask on real rollouts of both tool paths, rewards on hand-made answers, and a short
+CPU training run with SmolLM2 that is interrupted, resumes, changes the weights and writes the F4 log.
+
+Rollouts use a tiny hand-made task (a few items, two users with memory, a hashing embedder) so the tests do not
+depend on the earlier stages' artifacts; the model, the trainer, the tool loop and the loss are the real ones.
+"""
+import hashlib, itertools, math, os, re
+
+os.environ.setdefault('HF_HUB_OFFLINE', '1')
+os.environ.setdefault('TRL_EXPERIMENTAL_SILENCE', '1')
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from mrrec.core import start_run
+from mrrec import rl
+from mrrec.rl import (MEMORY_TOOL_NAME, EmbeddingRanker, RecTask, RLConfig, build_trainer, format_tool_call, load_policy,
+                      make_reward_funcs, masked_logp_gradients, rollout_tool_results, scripted_openings,
+                      tool_turn_renderer, train_rl, trained_policy, verify_tool_mask, read_reward_log,
+                      plot_reward_trajectories)
+
+
+def hash_encode(texts, kind='query', dim=256):
+    out = np.zeros((len(texts), dim), np.float32)
+    for i, t in enumerate(texts):
+        for w in re.findall(r'[a-z0-9]+', str(t).lower()):
+            out[i, int(hashlib.md5(w.encode()).hexdigest(), 16) % dim] += 1.0
+    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-9)
+
+POOL = pd.DataFrame({'item_id': [f'i{n}' for n in range(6)],
+                     'metadata': ['wool beanie warm winter cap', 'cotton baseball cap summer', 'leather belt brown',
+                                  'wool scarf grey', 'budget cotton beanie', 'premium wool cap navy']})
+MEMORY = {'u1': [('u1/pattern/hats/0', 'prefers wool and warm materials'), ('u1/profile/-/0', 'budget shopper')],
+          'u2': [('u2/pattern/hats/0', 'likes cotton caps for summer'), ('u2/profile/-/0', 'values lightweight items')]}
+
+def memory_tool(user_id, aspects):
+    return '\n'.join(f'[{eid}] {text}' for eid, text in MEMORY[user_id])
+
+def prompt(row, protocol):
+    return [{'role': 'system', 'content': 'You recommend products. Look up the user\'s memory, then answer with '
+                                          '\\boxed{"ideal_item_profile": "...", "useful_memory_ids": ["..."]}.'},
+            {'role': 'user', 'content': row['query']}]
+
+TASK = RecTask(prompt=prompt, memory_tool=memory_tool,
+               rank_targets=EmbeddingRanker(hash_encode, POOL.item_id, hash_encode(POOL.metadata.tolist())))
+ROWS = pd.DataFrame({'qid': ['q1', 'q2'], 'query': ['a cap for the cold', 'a cap for summer'], 'item_id': ['i0', 'i1'],
+                     'user_id': ['u1', 'u2'], 'category': ['Hats', 'Hats']})
+SMALL = dict(num_generations=2, per_device_train_batch_size=4, gradient_accumulation_steps=1, max_completion_length=112,
+             max_steps=1, learning_rate=1e-5)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # the development machines are 2 shared cores: a second intra-op thread mostly spins while the other waits
+    n = torch.get_num_threads(); torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def rollout_and_check(trainer, tok, aspects='warm material, price'):
+    "One real rollout batch whose first turns open with a memory call; checks the mask and the loss gradient."
+    opening = (format_tool_call(aspects) if trainer.mrrec_protocol == 'text' else
+               '<tool_call>\n{"name": "%s", "arguments": {"aspects": "%s"}}\n</tool_call>' % (MEMORY_TOOL_NAME, aspects))
+    first_turn = lambda text: (opening + tok.eos_token) if 'user\n<tool_response>' not in text else None
+    rows = [dict(trainer.train_dataset[i]) for i in (0, 0, 1, 1)]
+    trainer.model.train()
+    with scripted_openings(trainer.model, tok, first_turn):
+        batch = trainer._generate_and_score_completions(rows)
+    results = rollout_tool_results(trainer, rows, len(rows))
+    render = tool_turn_renderer(trainer)
+    for r, row in enumerate(rows):
+        assert results[r] == [memory_tool(row['user_id'], aspects)]        # the row's own user's memory, once
+        n = int(batch['completion_mask'][r].sum())
+        ids, mask = batch['completion_ids'][r][:n].tolist(), batch['tool_mask'][r][:n].tolist()
+        summary = verify_tool_mask(tok, ids, mask, results[r], render)       # 0 exactly on the inserted tool turn
+        assert summary['masked'] == len(render(results[r][0])) and summary['spans'][0][0] > 0
+        assert all(mask[summary['spans'][0][1]:summary['spans'][0][1] + 1])  # the model's answer turn follows, unmasked
+    grads = masked_logp_gradients(trainer, batch, advantages=[1.0, -1.0, 0.5, -0.5])
+    loss_mask = (batch['completion_mask'] * batch['tool_mask']).bool()
+    tool_tokens = (batch['tool_mask'] == 0) & batch['completion_mask'].bool()
+    assert int(tool_tokens.sum()) > 0
+    assert bool((grads[tool_tokens] == 0).all())          # retrieved memory: no loss
+    assert bool((grads[loss_mask] != 0).all())            # every policy token: in the loss
+    return batch
+
+
+def test_text_protocol_masks_memory_tokens(tmp_path):
+    policy, tok = load_policy('smollm2')
+    trainer = build_trainer(TASK, RLConfig(**SMALL), policy, tok, ROWS, tmp_path / 'out', seed=0, save_strategy='no')
+    assert trainer.mrrec_protocol == 'text'          # SmolLM2's template has no tools
+    batch = rollout_and_check(trainer, tok)
+    assert batch['tool_mask'].shape == batch['completion_ids'].shape
+
+
+def test_trl_tool_loop_masks_memory_tokens(tmp_path):
+    # a tool-capable template on the same small weights: Qwen2.5's template (ChatML, like SmolLM2's) makes trl run
+    # its own tool loop with MemoryEnv as environment_factory -- the path the paper profile uses with Qwen2.5-3B
+    from trl.chat_template_utils import qwen2_5_chat_template
+    policy, tok = load_policy('smollm2')
+    tok.chat_template = qwen2_5_chat_template
+    trainer = build_trainer(TASK, RLConfig(**SMALL, protocol='auto'), policy, tok, ROWS, tmp_path / 'out', seed=0,
+                            save_strategy='no')
+    assert trainer.mrrec_protocol == 'chat_tools'
+    rollout_and_check(trainer, tok)
+
+
+def test_rewards_on_hand_made_answers():
+    # the ranker of the test task puts each named profile at a fixed rank
+    ranks = {'rank1': 1, 'rank50': 50, 'rank500': 500, 'absent': 5000}
+    fmt, ndcg, mem = make_reward_funcs(lambda profiles, targets: np.array([ranks.get(p, 0) if p else 0 for p in profiles]))
+    box = lambda p: '\\boxed{"ideal_item_profile": "%s", "useful_memory_ids": ["m1"]}' % p
+    answers = ['I recommend a nice cap.', '\\boxed{"ideal_item_profile": "rank1"}', box('rank1'), box('rank50'),
+               box('rank500'), box('absent')]
+    calls = [1, 1, 0, 1, 1, 2]
+    logged = {}
+    kw = dict(answer_text=answers, memory_calls=calls, item_id=['t'] * 6, log_metric=lambda k, v: logged.setdefault(k, v))
+    f, n, m = (fn(None, [None] * 6, **kw) for fn in (fmt, ndcg, mem))
+    assert f == [0, 0, 1, 1, 1, 1]                             # bad format: no box / a missing key
+    assert m == [1, 1, 0, 1, 1, 1]                             # no tool call -> 0, however good the answer
+    expected = [0, 0, 1 + 1, 2 / math.log2(51), 1 / math.log2(501), 0]   # nDCG@100 + nDCG@1000
+    assert np.allclose(n, expected, atol=1e-12)
+    total = [0.1 * a + 5 * b + 0.1 * c for a, b, c in zip(f, n, m)]
+    assert np.allclose(total, [0.1, 0.1, 10.1, 0.1 + 10 / math.log2(51) + 0.1, 0.1 + 5 / math.log2(501) + 0.1, 0.2])
+    assert math.isclose(logged['recall@100'], 2 / 6) and math.isclose(logged['ndcg@1000'], (1 + 1 / math.log2(51) + 1 / math.log2(501)) / 6)
+
+
+class _Interrupt(Exception): pass
+
+def test_two_step_run_resumes_changes_weights_and_logs(tmp_path):
+    from transformers import AutoModelForCausalLM, TrainerCallback
+    run = start_run('ci', tmp_path / 'run', 0)
+    cfg = RLConfig(**{**SMALL, 'max_steps': 2, 'save_steps': 1, 'save_total_limit': 2, 'max_completion_length': 64})
+    initial = {k: v.clone() for k, v in load_policy('smollm2')[0].state_dict().items()}
+    # reward variance within each group: every other rollout opens with a well-formed answer (format 1, target
+    # ranked high), the others are sampled freely (almost surely format 0); the update then has a signal to follow
+    flip = itertools.count()
+    answer = '\\boxed{"ideal_item_profile": "warm wool beanie winter cap", "useful_memory_ids": []}'
+    real_load, scripts = rl.load_policy, []
+    def load_with_openings(name, dtype='float32'):
+        model, tok = real_load(name, dtype)
+        # keep the context manager referenced: collecting it would run its exit and restore plain generation
+        scripts.append(scripted_openings(model, tok, lambda text: answer + tok.eos_token if next(flip) % 2 == 0 else None))
+        scripts[-1].__enter__()
+        return model, tok
+
+    class CrashAfterFirstCheckpoint(TrainerCallback):
+        def on_save(self, args, state, control, **kw):
+            if state.global_step == 1: raise _Interrupt()
+
+    rl.load_policy = load_with_openings
+    try:
+        with pytest.raises(_Interrupt):
+            train_rl(run, cfg, TASK, ROWS, callbacks=[CrashAfterFirstCheckpoint()])
+        assert trained_policy(run) is None and (run.checkpoints / 'rl-instruct' / 'checkpoint-1').is_dir()
+        meta = train_rl(run, cfg, TASK, ROWS)                # started again: resumes from checkpoint-1
+    finally:
+        rl.load_policy = real_load
+    assert meta['resumed_from'].endswith('checkpoint-1') and meta['steps'] == 2
+    folder = trained_policy(run)
+    assert folder is not None
+    trained = AutoModelForCausalLM.from_pretrained(str(folder)).state_dict()
+    changed = [k for k in initial if not torch.equal(initial[k], trained[k])]
+    assert len(changed) > len(initial) // 2, f"only {len(changed)} of {len(initial)} tensors changed"
+    log = read_reward_log(run)
+    assert list(log.step) == [1, 2] and set(log.split) == {'train'}    # one row per step, none duplicated by the resume
+    for col in ('format_reward', 'memory_reward', 'ndcg_reward', 'rec_reward', 'total_reward', 'recall'):
+        assert log[col].notna().all(), col
+    assert (log.format_reward > 0).all() and np.allclose(log.rec_reward, 5 * log.ndcg_reward)
+    png = plot_reward_trajectories(log, run.figures / 'f4.png')
+    assert png.stat().st_size > 10_000
+    assert train_rl(run, cfg, TASK, ROWS)['steps'] == 2      # a finished variant is not trained again
