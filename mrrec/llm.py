@@ -17,18 +17,19 @@ import shutil
 _log = logging.getLogger('mrrec.llm')
 
 # %% auto #0
-__all__ = ['LLM_BACKENDS', 'DTYPES', 'LLM_ALIASES', 'EMBED_ALIASES', 'LEDGER_FIELDS', 'KEY_VERSION', 'RETRY_STATUS',
-           'EMBED_CHUNK', 'BENCH_PROMPTS', 'LLMConfig', 'EmbedConfig', 'llm_config', 'package_folder',
+__all__ = ['LLM_BACKENDS', 'API_DIALECTS', 'DTYPES', 'LLM_ALIASES', 'EMBED_ALIASES', 'LEDGER_FIELDS', 'KEY_VERSION',
+           'RETRY_STATUS', 'EMBED_CHUNK', 'BENCH_PROMPTS', 'LLMConfig', 'EmbedConfig', 'llm_config', 'package_folder',
            'resolve_llm_source', 'resolve_embed_source', 'Generation', 'normalise_tool_call', 'parse_tool_calls',
            'template_supports_tools', 'tools_system_prompt', 'messages_for_template', 'ResponseCache', 'Ledger',
-           'SamplingParams', 'row_seeds', 'request_key', 'check_conversations', 'LLM', 'resolve_device',
-           'resolve_dtype', 'model_cache_root', 'converted_gguf_folder', 'local_model_folder', 'TransformersLLM',
-           'LLMRequestError', 'retry_after_seconds', 'OpenAICompatibleLLM', 'load_llm', 'run_ledger',
+           'SamplingParams', 'continues_final_message', 'row_seeds', 'request_key', 'check_conversations', 'LLM',
+           'resolve_device', 'resolve_dtype', 'model_cache_root', 'converted_gguf_folder', 'local_model_folder',
+           'TransformersLLM', 'LLMRequestError', 'retry_after_seconds', 'OpenAICompatibleLLM', 'load_llm', 'run_ledger',
            'load_llm_for_run', 'text_hash', 'EmbeddingStore', 'Embedder', 'load_embedder', 'load_embedder_for_run',
            'bench_llm', 'bench_llm_main']
 
 # %% ../nbs/02_llm.ipynb #7e0ac79e
 LLM_BACKENDS = ('transformers', 'openai')
+API_DIALECTS = ('openai', 'vllm')   # which request fields an OpenAI-compatible server accepts (see 'OpenAI-compatible servers')
 DTYPES = ('auto', 'float32', 'bfloat16', 'float16')
 
 def _check(cond: bool, section: str, msg: str):
@@ -53,8 +54,10 @@ class LLMConfig:
     max_new_tokens: int = 256
     temperature: float = 0.0        # 0 = greedy
     top_p: float = 1.0
+    repetition_penalty: float = 1.0  # > 1 discourages tokens already in the prompt or the answer (CTRL-style; 1 = off)
     base_url: str = ''              # e.g. https://api.openai.com/v1, http://127.0.0.1:8000/v1 (vLLM, SGLang)
     api_key_env: str = ''           # NAME of the environment variable that holds the key ('' = no key, local servers)
+    api_dialect: str = 'openai'     # openai backend: 'openai' (standard fields only) or 'vllm' (also vLLM's extra fields)
     max_concurrency: int = 8        # requests in flight at once (openai)
     timeout_s: float = 120.0
     max_retries: int = 5            # retries on 429, 5xx, timeouts and dropped connections
@@ -72,6 +75,11 @@ class LLMConfig:
         _check(self.max_new_tokens >= 1, s, f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         _check(self.temperature >= 0, s, f"temperature must be >= 0, got {self.temperature}")
         _check(0 < self.top_p <= 1, s, f"top_p must be in (0, 1], got {self.top_p}")
+        _check(self.repetition_penalty > 0, s, f"repetition_penalty must be > 0 (1 = off), got {self.repetition_penalty}")
+        _check(self.api_dialect in API_DIALECTS, s, f"api_dialect must be one of {API_DIALECTS}, got {self.api_dialect!r}")
+        _check(self.backend != 'openai' or self.api_dialect == 'vllm' or self.repetition_penalty == 1.0, s,
+               "repetition_penalty != 1 needs api_dialect = 'vllm' (the OpenAI API has no such field; its frequency and "
+               "presence penalties are different things)")
         _check(self.max_concurrency >= 1, s, f"max_concurrency must be >= 1, got {self.max_concurrency}")
         _check(self.timeout_s > 0 and self.max_retries >= 0 and self.retry_base_s >= 0, s,
                "timeout_s must be > 0, max_retries and retry_base_s >= 0")
@@ -378,8 +386,13 @@ class SamplingParams:
     temperature: float
     top_p: float
     stop: tuple = ()
+    repetition_penalty: float = 1.0
     @property
     def sampling(self) -> bool: return self.temperature > 0
+
+def continues_final_message(conversation: list[dict]) -> bool:
+    "Whether the conversation ends with a (partial) assistant message, which the model is to continue."
+    return bool(conversation) and conversation[-1].get('role') == 'assistant'
 
 def row_seeds(conversations, tools, seed, sampling: bool) -> list[int | None]:
     "One seed per conversation (None for greedy): a function of `seed`, the conversation and its repeat index."
@@ -397,8 +410,10 @@ def row_seeds(conversations, tools, seed, sampling: bool) -> list[int | None]:
 def request_key(backend: str, model: str, conversation, tools, params: SamplingParams, seed: int | None) -> str:
     "Cache key of one request; contains nothing secret (no key, no URL)."
     sample = {'temperature': params.temperature, 'top_p': params.top_p, 'seed': seed} if params.sampling else {}
+    extra = {**({'repetition_penalty': params.repetition_penalty} if params.repetition_penalty != 1.0 else {}),
+             **({'continue_final_message': True} if continues_final_message(conversation) else {})}
     return stable_hash(KEY_VERSION, backend, model, conversation, tools or None, params.max_new_tokens, list(params.stop),
-                       sample, n=32)
+                       sample, *([extra] if extra else []), n=32)
 
 # %% ../nbs/02_llm.ipynb #9853f19f
 _ROLES = ('system', 'user', 'assistant', 'tool')
@@ -415,6 +430,10 @@ def check_conversations(conversations) -> list[list[dict]]:
                 raise ValueError(f"conversation {i}, message {j}: needs 'role' in {_ROLES}, got {m!r:.80}")
             if not isinstance(m.get('content'), str) and not (m['role'] == 'assistant' and m.get('tool_calls')):
                 raise ValueError(f"conversation {i}, message {j}: 'content' must be a string, got {type(m.get('content')).__name__}")
+        last = conv[-1]
+        if last['role'] == 'assistant' and (last.get('tool_calls') or not isinstance(last.get('content'), str) or not last['content'].strip()):
+            raise ValueError(f"conversation {i}: a final assistant message is a partial answer to continue; it needs non-empty "
+                             f"text content and no tool_calls")
     return convs
 
 @dataclass
@@ -441,14 +460,19 @@ class LLM:
 
     def generate(self, conversations, tools: list[dict] | None = None, max_new_tokens: int | None = None,
                  temperature: float | None = None, top_p: float | None = None, seed=None, stop=None,
-                 stage: str = 'other', use_cache: bool = True, progress: bool | None = None) -> list[Generation]:
-        "One `Generation` per conversation (OpenAI-format message lists), in order."
+                 stage: str = 'other', use_cache: bool = True, progress: bool | None = None,
+                 repetition_penalty: float | None = None) -> list[Generation]:
+        """One `Generation` per conversation (OpenAI-format message lists), in order. A conversation whose last message
+        is an assistant message is a partial answer: the model continues it and the `Generation` holds the continuation."""
         convs = check_conversations(conversations)
         params = SamplingParams(int(max_new_tokens or self.cfg.max_new_tokens),
                                 float(self.cfg.temperature if temperature is None else temperature),
                                 float(self.cfg.top_p if top_p is None else top_p),
-                                tuple([stop] if isinstance(stop, str) else (stop or ())))
-        if params.temperature < 0 or not 0 < params.top_p <= 1: raise ValueError(f"bad sampling parameters {params}")
+                                tuple([stop] if isinstance(stop, str) else (stop or ())),
+                                float(self.cfg.repetition_penalty if repetition_penalty is None else repetition_penalty))
+        if params.temperature < 0 or not 0 < params.top_p <= 1 or params.repetition_penalty <= 0:
+            raise ValueError(f"bad sampling parameters {params}")
+        self._check_params(params)
         t0 = time.perf_counter()
         seeds = row_seeds(convs, tools, seed, params.sampling)
         keys = [request_key(self.backend, self.model_id, c, tools, params, s) for c, s in zip(convs, seeds)]
@@ -485,6 +509,9 @@ class LLM:
     def _generate(self, requests: list[_Request], tools, params: SamplingParams, done, progress) -> None:
         "Compute `requests` and call `done([(request, generation), ...])` as answers complete."
         raise NotImplementedError
+
+    def _check_params(self, params: SamplingParams) -> None:
+        "Refuse parameters the backend cannot honour (before anything is computed)."
 
     def close(self): pass
     def __enter__(self): return self
@@ -571,6 +598,10 @@ def _row_sampler(generators, temperature: float, top_p: float):
             return out
     return RowSampler()
 
+def _partial_text(conversation: list[dict]) -> str:
+    "The text of a final (partial) assistant message, '' when the conversation does not end with one."
+    return conversation[-1]['content'] if continues_final_message(conversation) else ''
+
 class TransformersLLM(LLM):
     "In-process generation with a transformers causal LM (hub id, folder or GGUF file)."
     backend = 'transformers'
@@ -594,9 +625,11 @@ class TransformersLLM(LLM):
         return f"{self.cfg.model}|{self.cfg.gguf_file}|{self.dtype}"
 
     def apply_template(self, conversation: list[dict], tools: list[dict] | None = None, add_generation_prompt: bool = True) -> str:
-        "The prompt text the model sees for `conversation` (tools rendered natively or in the system message)."
+        "The prompt text the model sees for `conversation` (tools rendered natively or in the system message; a final assistant message is continued)."
         msgs = messages_for_template(conversation, tools, self.supports_tools)
         kw = {'tools': tools} if tools and self.supports_tools else {}
+        if continues_final_message(conversation):
+            kw.update(continue_final_message=True); add_generation_prompt = False
         return self.tokenizer.apply_chat_template(msgs, add_generation_prompt=add_generation_prompt, tokenize=False, **kw)
 
     def count_tokens(self, texts: list[str]) -> list[int]:
@@ -608,7 +641,8 @@ class TransformersLLM(LLM):
         prompts = [self.apply_template(r.conversation, tools) for r in requests]
         order = sorted(range(len(requests)), key=lambda i: -len(prompts[i]))
         batches = [order[i:i + self.cfg.batch_size] for i in range(0, len(order), self.cfg.batch_size)]
-        gen_cfg = GenerationConfig(max_new_tokens=params.max_new_tokens, do_sample=False, num_beams=1, repetition_penalty=1.0,
+        gen_cfg = GenerationConfig(max_new_tokens=params.max_new_tokens, do_sample=False, num_beams=1,
+                                   repetition_penalty=params.repetition_penalty,
                                    no_repeat_ngram_size=0, pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self.eos_ids,
                                    stop_strings=list(params.stop) or None)
         bar = tqdm(total=len(requests), desc=f'generate ({self.cfg.model})', unit='conv',
@@ -624,11 +658,12 @@ class TransformersLLM(LLM):
             latency = time.perf_counter() - t0
             new = out[:, enc['input_ids'].shape[1]:].cpu().tolist()
             n_in = enc['attention_mask'].sum(dim=1).tolist()
-            done([(requests[i], self._decode(new[j], int(n_in[j]), params, latency, tools, requests[i].key)) for j, i in enumerate(b)])
+            done([(requests[i], self._decode(new[j], int(n_in[j]), params, latency, tools, requests[i].key, _partial_text(requests[i].conversation)))
+                  for j, i in enumerate(b)])
             bar.update(len(b))
         bar.close()
 
-    def _decode(self, ids: list[int], n_in: int, params: SamplingParams, latency: float, tools, key: str) -> Generation:
+    def _decode(self, ids: list[int], n_in: int, params: SamplingParams, latency: float, tools, key: str, start: str = '') -> Generation:
         ends = set(self.eos_ids) | {self.tokenizer.pad_token_id}
         end = next((i for i, t in enumerate(ids) if t in ends), None)
         body = ids if end is None else ids[:end]
@@ -637,7 +672,7 @@ class TransformersLLM(LLM):
         if cut >= 0: text, reason, n_out = text[:cut], 'stop', len(body)          # a stop string ended it (not returned)
         elif end is not None: reason, n_out = 'stop', end + 1                      # end of turn (counted, like APIs do)
         else: reason, n_out = ('length' if len(ids) >= params.max_new_tokens else 'stop'), len(body)
-        calls, errors = parse_tool_calls(text, f'call_{key[:8]}') if tools else ([], 0)
+        calls, errors = parse_tool_calls(start + text, f'call_{key[:8]}') if tools else ([], 0)   # a call may begin in the start
         if calls and reason == 'stop': reason = 'tool_calls'
         return Generation(text=text, input_tokens=n_in, output_tokens=n_out, latency_s=round(latency, 4),
                           finish_reason=reason, tool_calls=calls, tool_call_errors=errors)
@@ -690,7 +725,15 @@ class OpenAICompatibleLLM(LLM):
             if params.top_p < 1: body['top_p'] = params.top_p
         if params.stop: body['stop'] = list(params.stop)
         if tools: body['tools'] = tools
+        if self.cfg.api_dialect == 'vllm':
+            if params.repetition_penalty != 1.0: body['repetition_penalty'] = params.repetition_penalty
+            if continues_final_message(req.conversation): body.update(continue_final_message=True, add_generation_prompt=False)
         return body
+
+    def _check_params(self, params: SamplingParams) -> None:
+        if params.repetition_penalty != 1.0 and self.cfg.api_dialect != 'vllm':
+            raise ValueError(f"repetition_penalty={params.repetition_penalty}: the '{self.cfg.api_dialect}' API dialect has no "
+                             "such field; use [llm] api_dialect = 'vllm' with a vLLM server")
 
     def _parse(self, data: dict, latency: float) -> Generation:
         choice = data['choices'][0]

@@ -14,14 +14,15 @@ from tqdm.auto import tqdm
 from .core import atomic_write, read_json, read_parquet, stable_hash, write_json, write_parquet
 
 # %% auto #0
-__all__ = ['LOCAL_LEVELS', 'BASELINE_KINDS', 'PROMPT_VERSION', 'T2_VARIANTS', 'HISTORY_COLUMNS', 'SYSTEM_PROMPT', 'PATTERN_HEAD',
-           'PATTERN_TASK', 'PROFILE_HEAD', 'PROFILE_TASK', 'STATIC_HEAD', 'STATIC_TASK', 'EXAMPLE_RECORDS',
-           'EXAMPLE_PATTERNS', 'EXAMPLE_PROFILE', 'EXAMPLE_STATIC', 'PROMPT_ECHO', 'ENTRY_COLUMNS',
-           'ACCOUNTING_COLUMNS', 'ParsedJSON', 'parse_llm_json', 'LocalMemoryConfig', 'category_slug', 'entry_id',
-           'parse_entry_id', 'collapse_repeats', 'chunk_text', 'check_history', 'record_text', 'user_histories',
-           'memory_users', 'pattern_prompt', 'profile_prompt', 'static_prompt', 'naive_memory_text', 'GenOut',
-           'generate_batch', 'model_id', 'llm_identity', 'LazyLLM', 'embed_texts', 'assemble_user', 'local_fingerprint',
-           'user_key', 'commit_user', 'load_user', 'committed_users', 'LocalBuildReport', 'build_local_memory',
+__all__ = ['LOCAL_LEVELS', 'BASELINE_KINDS', 'PROMPT_VERSION', 'T2_VARIANTS', 'HISTORY_COLUMNS', 'SPLIT_ORDER_SALT',
+           'SYSTEM_PROMPT', 'PATTERN_HEAD', 'PATTERN_TASK', 'PROFILE_HEAD', 'PROFILE_TASK', 'STATIC_HEAD',
+           'STATIC_TASK', 'EXAMPLE_RECORDS', 'EXAMPLE_PATTERNS', 'EXAMPLE_PROFILE', 'EXAMPLE_STATIC', 'PROMPT_ECHO',
+           'ENTRY_COLUMNS', 'ACCOUNTING_COLUMNS', 'ParsedJSON', 'parse_llm_json', 'LocalMemoryConfig', 'category_slug',
+           'entry_id', 'parse_entry_id', 'collapse_repeats', 'chunk_text', 'check_history', 'record_text',
+           'user_histories', 'seeded_query_order', 'memory_users', 'stage_query_counts', 'planned_memory_users',
+           'pattern_prompt', 'profile_prompt', 'static_prompt', 'naive_memory_text', 'GenOut', 'generate_batch',
+           'model_id', 'llm_identity', 'LazyLLM', 'embed_texts', 'assemble_user', 'local_fingerprint', 'user_key',
+           'commit_user', 'load_user', 'committed_users', 'LocalBuildReport', 'build_local_memory',
            'consolidate_local_memory', 'LocalMemory', 'accounting_row', 'local_accounting', 'mentions',
            'preference_coverage']
 
@@ -148,7 +149,7 @@ class LocalMemoryConfig:
     chunk_max_words: int = 40                       # a chunk longer than this is split at clause boundaries
     chunk_min_words: int = 3                        # a shorter fragment is merged into its neighbour
     user_batch: int = 16                            # users whose prompts go to the LLM together
-    max_users: int = 0                              # 0 = every user with a query; else the first N (test users first)
+    max_users: int = 0                              # cap on the users the later stages use (0 = no cap; evaluated users first)
     top_k: int = 3                                  # default number of entries `retrieve` returns (paper: 3)
     one_shot: bool = True                           # one worked example before each prompt (small models need it; the paper's prompts are zero-shot)
 
@@ -157,6 +158,7 @@ class LocalMemoryConfig:
         if bad: raise ValueError(f"[local_memory]: unknown level/baseline {bad}; levels are {LOCAL_LEVELS}, baselines {BASELINE_KINDS}")
         for k in ('pattern_max_records', 'prompt_budget_chars', 'naive_n', 'chunk_max_words', 'user_batch', 'top_k'):
             if getattr(self, k) < 1: raise ValueError(f"[local_memory]: {k} must be >= 1, got {getattr(self, k)}")
+        if self.max_users < 0: raise ValueError(f"[local_memory]: max_users must be >= 0 (0 = no cap), got {self.max_users}")
 
 # %% ../nbs/03_local_memory.ipynb #cea5accf
 def category_slug(category: str) -> str:
@@ -274,11 +276,51 @@ def user_histories(histories: pd.DataFrame, queries: pd.DataFrame) -> pd.DataFra
     keep = [(str(u), str(i)) not in targets for u, i in zip(h['user_id'], h['item_id'])]
     return h[keep].reset_index(drop=True)
 
-def memory_users(queries: pd.DataFrame, order: tuple[str, ...] = ('test', 'val', 'train'), max_users: int = 0) -> list[str]:
-    "Users with a query, those of the first split in `order` first (then by qid); the first `max_users` (0 = all)."
-    q = queries.assign(_rank=queries['split'].map({s: i for i, s in enumerate(order)}).fillna(len(order)) if 'split' in queries else 0)
-    users = list(dict.fromkeys(q.sort_values(['_rank', 'qid'], kind='stable')['user_id'].astype(str)))
+# the salt of each split's seeded order: the retrieval stage's evaluation_queries (test) and the RL stage's rl_queries (train, val)
+SPLIT_ORDER_SALT = {'test': None, 'val': 'rl', 'train': 'rl'}
+
+def seeded_query_order(queries: pd.DataFrame, seed: int = 0, salt: str | None = None) -> pd.DataFrame:
+    "`queries` in a seeded order that depends only on (seed, salt, qid): a stable sample of n queries is its first n rows."
+    keys = [stable_hash(seed, str(q)) if salt is None else stable_hash(seed, salt, str(q)) for q in queries['qid']]
+    return queries.iloc[np.argsort(np.array(keys, dtype=object), kind='stable')] if len(queries) else queries
+
+def memory_users(queries: pd.DataFrame, order: tuple[str, ...] = ('test', 'val', 'train'), max_users: int = 0,
+                 per_split: dict | None = None, seed: int = 0) -> list[str]:
+    """Users whose local memory is built, in priority order; at most `max_users` (0 = no cap).
+    `per_split` None: every user with a query, those of the first split in `order` first (then by qid).
+    `per_split` {split: n}: the users of the first n queries (n = 0: all) of each split in `seeded_query_order`, splits in
+    `order`; a split that is absent or maps to None contributes nobody."""
+    if per_split is None:
+        q = queries.assign(_rank=queries['split'].map({s: i for i, s in enumerate(order)}).fillna(len(order)) if 'split' in queries else 0)
+        users = list(dict.fromkeys(q.sort_values(['_rank', 'qid'], kind='stable')['user_id'].astype(str)))
+    else:
+        if 'split' not in queries: raise ValueError(f"memory_users(per_split=...) needs a 'split' column; have {list(queries.columns)}")
+        bad = {k: v for k, v in per_split.items() if k not in order or (v is not None and (not isinstance(v, int) or v < 0))}
+        if bad: raise ValueError(f"per_split: splits must be in {order} with counts None or >= 0, got {bad}")
+        users = []
+        for split in order:
+            n = per_split.get(split)
+            if n is None: continue
+            picked = seeded_query_order(queries[queries['split'] == split], seed, SPLIT_ORDER_SALT.get(split))
+            users += (picked.head(n) if n else picked)['user_id'].astype(str).tolist()
+        users = list(dict.fromkeys(users))
     return users[:max_users] if max_users else users
+
+def stage_query_counts(profile) -> dict[str, int | None]:
+    "Queries per split that the later stages answer, from the profile's raw `[agent]` / `[rl]` tables (see above)."
+    agent, rl = profile.tables.get('agent', {}), profile.tables.get('rl', {})
+    def count(table, section, key):
+        v = table.get(key, 0)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise ValueError(f"{profile.path} [{section}] {key}: must be an integer >= 0, got {v!r}")
+        return v
+    return {'test': count(agent, 'agent', 'max_queries'), 'train': count(rl, 'rl', 'train_queries'),
+            'val': count(rl, 'rl', 'val_queries') or None}
+
+def planned_memory_users(profile, queries: pd.DataFrame, max_users: int | None = None) -> list[str]:
+    "The users whose local memory the run's later stages use (`stage_query_counts`, the profile's seed), capped by `[local_memory] max_users`."
+    cap = profile.section(LocalMemoryConfig).max_users if max_users is None else max_users
+    return memory_users(queries, per_split=stage_query_counts(profile), seed=profile.seed, max_users=cap)
 
 # %% ../nbs/03_local_memory.ipynb #e8164409
 def _records_block(recs: pd.DataFrame, max_records: int, budget_chars: int, meta_chars: int, review_chars: int) -> tuple[str, int]:
@@ -400,7 +442,9 @@ def model_id(obj, default: str = '') -> str:
 
 def llm_identity(cfg) -> str:
     "What determines an LLM's answers, from its config alone (so a finished store is recognised without loading the model)."
-    return '|'.join(str(getattr(cfg, k, '')) for k in ('backend', 'model', 'gguf_file', 'dtype', 'temperature', 'top_p'))
+    ident = '|'.join(str(getattr(cfg, k, '')) for k in ('backend', 'model', 'gguf_file', 'dtype', 'temperature', 'top_p'))
+    rp = getattr(cfg, 'repetition_penalty', 1.0)
+    return ident if rp == 1.0 else f"{ident}|rp={rp}"     # the neutral value leaves older identities (and stores) valid
 
 class LazyLLM:
     "Loads the LLM from `factory()` on the first `generate`, so a build with nothing left to generate never loads it."

@@ -21,22 +21,22 @@ from .core import ConfigError, atomic_write, read_json, stable_hash, write_json
 
 # %% auto #0
 __all__ = ['DENSE_INDEX_KINDS', 'PAD_ROW', 'TOKEN_PATTERN', 'STOPWORD_LISTS', 'BM25_VARIANTS', 'RETRIEVERS', 'AGENT_PROTOCOLS',
-           'MEMORY_TOOL_NAME', 'NO_MEMORY_TEXT', 'ANSWER_KEYS', 'ANSWER_STATUSES', 'ANSWER_FORMAT', 'EXPANSION_FORMAT',
-           'PASTED_SYSTEM', 'EXPANSION_SYSTEM', 'EXAMPLE_REQUEST', 'EXAMPLE_ASPECTS', 'EXAMPLE_MEMORY',
-           'EXAMPLE_PROFILE', 'EXAMPLE_EXPANSION', 'EXPANSION_MEMORY_HEADS', 'SETTING_METHODS', 'EXPERIMENT_ROWS',
-           'AGENT_VERSION', 'TRAJECTORY_COLUMNS', 'RetrievalConfig', 'SearchResult', 'empty_result', 'item_rows',
-           'target_ranks', 'select_top_k', 'sort_lists', 'rankings_match', 'bm25_tokenize', 'BM25Index',
-           'RankBM25Index', 'faiss_threads', 'unit_rows', 'build_faiss_index', 'DenseIndex', 'Retriever',
-           'RetrieverSpec', 'register_retriever', 'pool_texts', 'content_digest', 'make_retriever',
-           'bench_retrieval_main', 'AgentConfig', 'format_memory_entries', 'lookup_memory', 'MemoryTool',
-           'memory_tool_schema', 'memory_tool_fn', 'format_tool_call', 'tool_call_aspects', 'memory_call_aspects',
-           'tool_result_message', 'protocol_messages', 'agent_protocol', 'ParsedAnswer', 'parse_answer',
-           'parse_boxed_answer', 'search_text', 'agent_system_prompt', 'request_text', 'agent_conversation',
-           'agent_prompt_fn', 'pasted_conversation', 'expansion_conversation', 'token_counter', 'run_agent', 'Setting',
-           'settings_registry', 'experiment_rows', 'evaluation_queries', 'StageContext', 'setting_conversations',
-           'run_setting', 'prompts_fingerprint', 'setting_signature', 'trajectory_paths', 'run_settings',
-           'read_trajectories', 'open_memories', 'stage_context', 'stage_signature', 'select_settings', 'run_retrieval',
-           'settings_metrics', 'retrieve_main']
+           'MEMORY_TOOL_NAME', 'NO_MEMORY_TEXT', 'TOOL_CALL_PREFIX', 'ANSWER_KEYS', 'ANSWER_STATUSES', 'ANSWER_PREFIX',
+           'ANSWER_FORMAT', 'EXPANSION_FORMAT', 'PASTED_SYSTEM', 'EXPANSION_SYSTEM', 'EXAMPLE_REQUEST',
+           'EXAMPLE_ASPECTS', 'EXAMPLE_MEMORY', 'EXAMPLE_PROFILE', 'EXAMPLE_EXPANSION', 'EXPANSION_MEMORY_HEADS',
+           'SETTING_METHODS', 'EXPERIMENT_ROWS', 'AGENT_VERSION', 'TRAJECTORY_COLUMNS', 'RetrievalConfig',
+           'SearchResult', 'empty_result', 'item_rows', 'target_ranks', 'select_top_k', 'sort_lists', 'rankings_match',
+           'bm25_tokenize', 'BM25Index', 'RankBM25Index', 'faiss_threads', 'unit_rows', 'build_faiss_index',
+           'DenseIndex', 'Retriever', 'RetrieverSpec', 'register_retriever', 'pool_texts', 'content_digest',
+           'make_retriever', 'bench_retrieval_main', 'AgentConfig', 'format_memory_entries', 'lookup_memory',
+           'MemoryTool', 'memory_tool_schema', 'memory_tool_fn', 'format_tool_call', 'tool_call_aspects',
+           'memory_call_aspects', 'tool_result_message', 'protocol_messages', 'agent_protocol', 'ParsedAnswer',
+           'parse_answer', 'parse_boxed_answer', 'search_text', 'agent_system_prompt', 'request_text',
+           'agent_conversation', 'agent_prompt_fn', 'pasted_conversation', 'expansion_conversation', 'token_counter',
+           'run_agent', 'Setting', 'settings_registry', 'experiment_rows', 'evaluation_queries', 'StageContext',
+           'setting_conversations', 'run_setting', 'prompts_fingerprint', 'setting_signature', 'trajectory_paths',
+           'run_settings', 'read_trajectories', 'open_memories', 'stage_context', 'stage_signature', 'select_settings',
+           'run_retrieval', 'settings_metrics', 'retrieve_main']
 
 # %% ../nbs/05_retrieval.ipynb #3a4f6278
 DENSE_INDEX_KINDS = ('flat', 'hnsw', 'ivf')
@@ -735,7 +735,7 @@ import dataclasses
 from dataclasses import field
 from .core import Run, start_run, write_jsonl, read_jsonl, write_table
 from .llm import messages_for_template, parse_tool_calls
-from .local_memory import LOCAL_LEVELS, T2_VARIANTS, collapse_repeats, parse_entry_id, parse_llm_json
+from .local_memory import LOCAL_LEVELS, T2_VARIANTS, collapse_repeats, parse_entry_id, parse_llm_json, seeded_query_order
 
 # %% ../nbs/05_retrieval.ipynb #2856c921
 AGENT_PROTOCOLS = ('auto', 'chat_tools', 'text')
@@ -758,6 +758,8 @@ class AgentConfig:
     temperature: float = 0.0                  # 0 = greedy
     one_shot: bool = False                    # a worked example before the request (small models need it)
     salvage_profile: bool = False             # a malformed answer's readable profile is used before the query fallback
+    answer_prefix: bool = False               # every final answer starts with ANSWER_PREFIX, which the model continues
+    tool_call_prefix: bool = False            # a turn that may call the tool starts with TOOL_CALL_PREFIX (text protocol)
     top_items: int = 100                      # item ids stored per trajectory record (ranks are over [retrieval] top_k)
     policy: str = ''                          # trained policy folder (RL stage) for the '_rl' settings; '' = none
 
@@ -841,6 +843,9 @@ def format_tool_call(aspects: str) -> str:
     "What a model writes to call the memory tool (the `<tool_call>` convention of mrrec.llm)."
     return '<tool_call>\n' + json.dumps({'name': MEMORY_TOOL_NAME, 'arguments': {'aspects': aspects}}) + '\n</tool_call>'
 
+# the start of a memory-tool call up to its aspects' value: what `[agent] tool_call_prefix` makes a tool turn begin with
+TOOL_CALL_PREFIX = '<tool_call>\n' + json.dumps({'name': MEMORY_TOOL_NAME, 'arguments': {'aspects': ''}})[:-len('"}}')]
+
 def tool_call_aspects(call: dict | None) -> str | None:
     "The `aspects` of a parsed memory-tool call (`{'name', 'arguments'}`); a list is joined; None for another tool or no aspects."
     if not call or call.get('name') != MEMORY_TOOL_NAME: return None
@@ -875,7 +880,8 @@ def agent_protocol(protocol: str, llm) -> str:
 
 # %% ../nbs/05_retrieval.ipynb #f3a9fe16
 ANSWER_KEYS = ('ideal_item_profile', 'useful_memory_ids')
-ANSWER_STATUSES = ('ok', 'no_box', 'unclosed_box', 'bad_json', 'missing_keys', 'bad_types')
+ANSWER_STATUSES = ('ok', 'no_box', 'unclosed_box', 'bad_json', 'missing_keys', 'bad_types', 'empty_profile')
+ANSWER_PREFIX = '\\boxed{"ideal_item_profile": "'   # the start of every final answer under `[agent] answer_prefix`
 
 @dataclass(frozen=True)
 class ParsedAnswer:
@@ -927,8 +933,8 @@ def _salvage(body: str, plain_ok: bool) -> str | None:
     if inner.endswith('}'): inner = inner[:-1]
     return _readable(inner) if plain_ok and not re.search(r'[{}":]', inner) else None
 
-def parse_answer(text: str | None) -> ParsedAnswer:
-    "Parse the agent's final answer: strict format check on the last `\\boxed{...}`, plus a salvaged profile when malformed."
+def parse_answer(text: str | None, require_profile: bool = False) -> ParsedAnswer:
+    "Parse the agent's final answer: strict format check on the last `\\boxed{...}`, plus a salvaged profile when malformed; `require_profile`: an empty profile is `empty_profile`."
     if not text: return ParsedAnswer('no_box')
     at = text.rfind('\\boxed{')
     if at < 0: return ParsedAnswer('no_box', salvaged=_salvage(text, plain_ok=False) if 'ideal_item_profile' in text else None)
@@ -944,6 +950,7 @@ def parse_answer(text: str | None) -> ParsedAnswer:
     profile, ids = obj['ideal_item_profile'], obj['useful_memory_ids']
     if not isinstance(profile, str) or not isinstance(ids, list):
         return ParsedAnswer('bad_types', salvaged=_salvage(body, plain_ok=False))
+    if require_profile and not profile.strip(): return ParsedAnswer('empty_profile')
     return ParsedAnswer('ok', profile.strip(), tuple(str(i) for i in ids))
 
 def parse_boxed_answer(text: str | None) -> dict | None:
@@ -1071,50 +1078,74 @@ def _closed_call_text(text: str) -> str:
     "A turn cut at the `</tool_call>` stop string, with the tag put back."
     return text if text.rstrip().endswith('</tool_call>') or '<tool_call>' not in text else text.rstrip() + '\n</tool_call>'
 
-def _turn_record(g, calls, errors) -> dict:
-    return {'text': g.text, 'finish_reason': g.finish_reason, 'input_tokens': int(g.input_tokens),
+def _turn_record(g, calls, errors, prefix: str = '') -> dict:
+    return {'prefix': prefix or None, 'text': g.text, 'finish_reason': g.finish_reason, 'input_tokens': int(g.input_tokens),
             'output_tokens': int(g.output_tokens), 'cached': bool(getattr(g, 'cached', False)),
             'tool_calls': [{'name': c.get('name'), 'arguments': c.get('arguments')} for c in calls], 'tool_call_errors': int(errors)}
+
+def _started(conversation: list[dict], start: str) -> list[dict]:
+    "The conversation with a partial assistant message `start` for the model to continue ('' = none)."
+    return conversation + [{'role': 'assistant', 'content': start}] if start else conversation
 
 def run_agent(llm, conversations: list[list[dict]], user_ids: Sequence[str] | None = None, memory=None, *,
               tools: bool = False, protocol: str = 'text', max_tool_calls: int = 1, memory_top_k: int = 3, levels=None,
               entry_chars: int = 0, max_new_tokens: int | None = None, temperature: float = 0.0, seed: int = 0,
-              stage: str = 'agent', progress: bool | None = None) -> list[dict]:
+              stage: str = 'agent', progress: bool | None = None, answer_prefix: str | None = None,
+              tool_call_prefix: str | None = None) -> list[dict]:
     "Run the multi-turn loop for all `conversations` at once; one result dict per conversation (see above)."
     n = len(conversations)
     if tools and (user_ids is None or len(user_ids) != n): raise ValueError("tools need one user id per conversation")
     if protocol not in ('text', 'chat_tools'): raise ValueError(f"protocol must be 'text' or 'chat_tools', got {protocol!r}")
     native = tools and protocol == 'chat_tools'
+    if tool_call_prefix and (not tools or native): raise ValueError("tool_call_prefix needs the memory tool under the text protocol")
     convs = [protocol_messages(c, 'text') if tools and not native else [dict(m) for m in c] for c in conversations]
-    out = [{'turns': [], 'tool_calls': [], 'answer_text': None, 'calls_over_limit': 0} for _ in range(n)]
+    out = [{'turns': [], 'tool_calls': [], 'answer_text': None, 'calls_over_limit': 0, 'answer_prefix_used': False,
+            'tool_call_prefix_used': False} for _ in range(n)]
     count, _ = token_counter(llm)
     active = list(range(n))
     sampling = {'temperature': temperature, **({'seed': seed} if temperature > 0 else {})}
+    schema = [memory_tool_schema()] if native else None
+
+    def finish(i: int, text: str, over_limit: int, prefixed: bool):
+        out[i].update(answer_text=text, calls_over_limit=over_limit, answer_prefix_used=prefixed)
+        convs[i].append({'role': 'assistant', 'content': text})
+
     for turn in range(max_tool_calls + 1 if tools else 1):
         if not active: break
         allow = tools and turn < max_tool_calls
+        start = (tool_call_prefix if allow else answer_prefix) or ''
         stop = ['</tool_call>'] if allow and not native else None
-        gens = llm.generate([convs[i] for i in active], tools=[memory_tool_schema()] if native else None,
-                            max_new_tokens=max_new_tokens, stop=stop, stage=stage, progress=progress, **sampling)
-        pending = []                                                   # (query, call, aspects) to serve this turn
+        gens = llm.generate([_started(convs[i], start) for i in active], tools=schema, max_new_tokens=max_new_tokens, stop=stop,
+                            stage=stage, progress=progress, **sampling)
+        pending, unanswered = [], []                                   # (query, call, aspects) to serve; free turns with no answer
         for i, g in zip(active, gens):
-            calls, errors = (g.tool_calls, g.tool_call_errors) if native else parse_tool_calls(g.text) if tools else ([], 0)
-            out[i]['turns'].append(_turn_record(g, calls, errors))
+            text = start + g.text                                      # the assistant message as a whole
+            calls, errors = (g.tool_calls, g.tool_call_errors) if native else parse_tool_calls(text) if tools else ([], 0)
+            out[i]['turns'].append(_turn_record(g, calls, errors, start))
+            out[i]['tool_call_prefix_used'] |= bool(allow and start)
             valid = [(c, a) for c in calls if (a := tool_call_aspects(c))]
-            if allow and valid and '\\boxed{' not in g.text:
+            if allow and valid and '\\boxed{' not in text:
                 take = valid[:max_tool_calls - len(out[i]['tool_calls'])]
                 pending += [(i, c, a) for c, a in take]
                 if native:
                     msg = g.as_message()
                     msg['tool_calls'] = [m for m in msg['tool_calls'] if m['id'] in {c['id'] for c, _ in take}]
                 else:
-                    msg = {'role': 'assistant', 'content': _closed_call_text(g.text)}
+                    msg = {'role': 'assistant', 'content': _closed_call_text(text)}
                 convs[i].append(msg)
                 out[i]['tool_calls'] += [{'aspects': a, 'call_id': c.get('id')} for c, a in take]
+            elif answer_prefix and '\\boxed{' not in text:
+                unanswered.append((i, text))
             else:
-                out[i]['answer_text'] = g.text
-                out[i]['calls_over_limit'] = len(valid) if tools and not allow else 0
-                convs[i].append({'role': 'assistant', 'content': g.text})
+                finish(i, text, len(valid) if tools and not allow else 0, bool(answer_prefix) and start == answer_prefix)
+        if unanswered:                                                  # continue those turns with the answer prefix
+            starts = [(text.rstrip() + '\n' if text.strip() else '') + answer_prefix for _, text in unanswered]
+            gens = llm.generate([_started(convs[i], st) for (i, _), st in zip(unanswered, starts)], tools=schema,
+                                max_new_tokens=max_new_tokens, stage=stage, progress=progress, **sampling)
+            for (i, _), st, g in zip(unanswered, starts, gens):
+                calls, errors = (g.tool_calls, g.tool_call_errors) if native else parse_tool_calls(st + g.text)
+                out[i]['turns'].append(_turn_record(g, calls, errors, st))
+                finish(i, st + g.text, 0, True)
         if pending:
             found = lookup_memory(memory, [user_ids[i] for i, _, _ in pending], [a for _, _, a in pending], memory_top_k, levels)
             for (i, c, a), entries in zip(pending, found):
@@ -1127,7 +1158,7 @@ def run_agent(llm, conversations: list[list[dict]], user_ids: Sequence[str] | No
         active = sorted({i for i, _, _ in pending})
     for i in range(n):
         out[i]['messages'] = convs[i]
-        out[i]['answer'] = parse_answer(out[i]['answer_text'])
+        out[i]['answer'] = parse_answer(out[i]['answer_text'], require_profile=out[i]['answer_prefix_used'])
         out[i]['memory_ids'] = list(dict.fromkeys(e for c in out[i]['tool_calls'] for e in c.get('entry_ids', [])))
         out[i]['memory_text'] = '\n'.join(c['result'] for c in out[i]['tool_calls'] if c.get('entries'))
         out[i]['memory_tokens'] = sum(c.get('memory_tokens', 0) for c in out[i]['tool_calls'])
@@ -1214,13 +1245,15 @@ def experiment_rows(available: Sequence[str], cfg: AgentConfig | None = None) ->
 def _levels_key(levels) -> tuple: return tuple(l for l in LOCAL_LEVELS if l in levels)
 
 def evaluation_queries(queries: pd.DataFrame, memory_users, max_queries: int = 0, seed: int = 0) -> pd.DataFrame:
-    "The queries every setting answers: those of users with local memory first, then the rest in a seeded order; `max_queries` of them (0 = all), by qid."
+    """The queries every setting answers: those of users with local memory first, then the rest, each in the seeded order
+    of `mrrec.local_memory.seeded_query_order`; `max_queries` of them (0 = all), by qid. The memory stage builds memory for
+    the users of the first `max_queries` test queries of that order, so with its store these are exactly those queries."""
     need = [c for c in ('qid', 'query', 'item_id', 'user_id', 'category') if c not in queries.columns]
     if need: raise ValueError(f"queries lack column(s) {need}; have {list(queries.columns)}")
     users = set(map(str, memory_users))
-    q = queries.assign(has_local_memory=queries['user_id'].astype(str).isin(users))
-    order = sorted(range(len(q)), key=lambda i: (not q['has_local_memory'].iat[i], stable_hash(seed, str(q['qid'].iat[i]))))
-    q = q.iloc[order[:max_queries] if max_queries else order]
+    q = seeded_query_order(queries, seed)
+    q = q.assign(has_local_memory=q['user_id'].astype(str).isin(users)).sort_values('has_local_memory', ascending=False, kind='stable')
+    q = q.head(max_queries) if max_queries else q
     return q.sort_values('qid', kind='stable').reset_index(drop=True)
 
 @dataclass
@@ -1298,12 +1331,16 @@ def run_setting(setting: Setting, ctx: StageContext, progress: bool | None = Non
     if setting.uses_llm:
         llm = ctx.llm(setting.policy)
         protocol = agent_protocol(cfg.protocol, llm)
+        if cfg.tool_call_prefix and protocol != 'text':
+            raise ConfigError(f"[agent] tool_call_prefix works with the text protocol only; this model uses {protocol!r}")
         convs, pasted = setting_conversations(setting, ctx, protocol)
         tools = setting.method == 'agent' and bool(setting.levels)
         res = run_agent(llm, convs, q['user_id'].astype(str).tolist(), ctx.memory, tools=tools, protocol=protocol,
                         max_tool_calls=cfg.max_tool_calls, memory_top_k=setting.top_k or cfg.memory_top_k,
                         levels=_levels_key(setting.levels), entry_chars=cfg.entry_chars, max_new_tokens=cfg.max_new_tokens or None,
-                        temperature=cfg.temperature, seed=ctx.seed, stage=f'agent.{setting.name}', progress=progress)
+                        temperature=cfg.temperature, seed=ctx.seed, stage=f'agent.{setting.name}', progress=progress,
+                        answer_prefix=ANSWER_PREFIX if cfg.answer_prefix else None,
+                        tool_call_prefix=TOOL_CALL_PREFIX if cfg.tool_call_prefix and tools and cfg.max_tool_calls else None)
         count, method = token_counter(llm)
         for r, p in zip(res, pasted):
             if p['memory_text']:
@@ -1334,6 +1371,7 @@ def run_setting(setting: Setting, ctx: StageContext, progress: bool | None = Non
             'memory_tokens': int(r['memory_tokens']) if r else 0, 'memory_tokens_method': method,
             'memory_used': bool(r and r['tool_calls']), 'n_tool_calls': len(r['tool_calls']) if r else 0,
             'calls_over_limit': r['calls_over_limit'] if r else 0,
+            'answer_prefix_used': bool(r and r['answer_prefix_used']), 'tool_call_prefix_used': bool(r and r['tool_call_prefix_used']),
             'answer_text': r['answer_text'] if r else None, 'parse_status': a.status if a else None,
             'format_ok': a.format_ok if a else None, 'profile': a.profile if a else None,
             'salvaged_profile': a.salvaged if a else None, 'useful_memory_ids': list(a.memory_ids) if a else [],
@@ -1345,7 +1383,8 @@ def run_setting(setting: Setting, ctx: StageContext, progress: bool | None = Non
     df = pd.DataFrame(records)
     summary = {'setting': setting.name, 'method': setting.method, 'policy': setting.policy, 'retriever': ret.name, 'queries': n,
                'format_ok': float(df['format_ok'].mean()) if setting.uses_llm else None,
-               'tool_called': float(df['memory_used'].mean()), 'searched_profile': float((df['retrieval_source'] == 'profile').mean()),
+               'tool_called': float(df['memory_used'].mean()), 'answer_prefixed': float(df['answer_prefix_used'].mean()),
+               'searched_profile': float((df['retrieval_source'] == 'profile').mean()),
                'searched_salvaged': float((df['retrieval_source'] == 'salvaged').mean()),
                'searched_query': float((df['retrieval_source'] == 'query').mean()),
                'memory_tokens': float(df['memory_tokens'].mean()), 'llm_input_tokens': int(df['llm_input_tokens'].sum()),
@@ -1353,13 +1392,14 @@ def run_setting(setting: Setting, ctx: StageContext, progress: bool | None = Non
     return records, summary
 
 # %% ../nbs/05_retrieval.ipynb #70ffd7b5
-AGENT_VERSION = 3   # bump when the code changes what a setting would produce (prompt texts are hashed below)
+AGENT_VERSION = 4   # bump when the code changes what a setting would produce (prompt texts are hashed below)
 
 def prompts_fingerprint() -> str:
     "A hash of every fixed prompt text, example and the tool schema: editing one reruns the settings."
     return stable_hash([agent_system_prompt(t, a) for t in (True, False) for a in (True, False)], PASTED_SYSTEM, EXPANSION_SYSTEM,
                        EXPANSION_FORMAT, EXPANSION_MEMORY_HEADS, EXAMPLE_REQUEST, EXAMPLE_ASPECTS, EXAMPLE_MEMORY, EXAMPLE_PROFILE,
-                       EXAMPLE_EXPANSION, format_tool_call('x'), NO_MEMORY_TEXT, memory_tool_schema(), request_text('q', 'c', 'a'), n=12)
+                       EXAMPLE_EXPANSION, format_tool_call('x'), NO_MEMORY_TEXT, memory_tool_schema(), request_text('q', 'c', 'a'),
+                       ANSWER_PREFIX, TOOL_CALL_PREFIX, n=12)
 
 def setting_signature(setting: Setting, ctx: StageContext, extra: dict | None = None) -> str:
     "What a setting's trajectories depend on (see above), hashed."
@@ -1393,7 +1433,8 @@ def run_settings(ctx: StageContext, settings: Sequence[Setting], folder: str | o
     return pd.DataFrame(rows)
 
 TRAJECTORY_COLUMNS = ('setting', 'qid', 'user_id', 'category', 'target_item_id', 'target_rank', 'format_ok', 'parse_status',
-                      'memory_used', 'n_tool_calls', 'memory_tokens', 'retrieval_source', 'fallback', 'has_local_memory')
+                      'memory_used', 'n_tool_calls', 'memory_tokens', 'retrieval_source', 'fallback', 'has_local_memory',
+                      'answer_prefix_used')
 
 def read_trajectories(folder: str | os.PathLike, settings: Sequence[str] | None = None, full: bool = False) -> pd.DataFrame:
     "One row per (setting, query) from the finished settings under `folder` (`rank` = target_rank, for mrrec.eval.metric_table)."
@@ -1416,7 +1457,7 @@ def open_memories(run: Run, embedder, bundle=None, build: bool = True, progress:
     "The run's (LocalMemory, GlobalMemory); a missing store is built with its stage's functions when `build`, else an error."
     from mrrec.data import prepare_data
     from mrrec.llm import LLMConfig, load_llm_for_run
-    from mrrec.local_memory import LocalMemory, LocalMemoryConfig, build_local_memory, llm_identity, memory_users, user_histories
+    from mrrec.local_memory import LocalMemory, LocalMemoryConfig, build_local_memory, llm_identity, planned_memory_users, user_histories
     from mrrec.global_memory import GlobalMemory, GlobalMemoryConfig, build_global_memory
     local_root, global_root = run.memory / 'local', run.memory / 'global'
     missing = [p for p in (local_root, global_root) if not (p / 'manifest.json').exists()]
@@ -1427,7 +1468,7 @@ def open_memories(run: Run, embedder, bundle=None, build: bool = True, progress:
         llm_id, factory = llm_identity(run.profile.section(LLMConfig)), (lambda: load_llm_for_run(run))
         if local_root in missing:
             lcfg = run.profile.section(LocalMemoryConfig)
-            users = memory_users(bundle.queries, max_users=lcfg.max_users)
+            users = planned_memory_users(run.profile, bundle.queries)
             history = user_histories(bundle.histories, bundle.queries)
             build_local_memory(history[history.user_id.isin(users)], factory, embedder, lcfg, local_root, users=users,
                                llm_id=llm_id, progress=progress)

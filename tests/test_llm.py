@@ -9,8 +9,8 @@ import pytest
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 from mrrec.core import ConfigError
-from mrrec.llm import (EmbedConfig, EmbeddingStore, Generation, LLMConfig, LLMRequestError, Ledger, ResponseCache,
-                       bench_llm_main, load_embedder, load_llm, text_hash)
+from mrrec.llm import (EmbedConfig, EmbeddingStore, Generation, LLMConfig, LLMRequestError, Ledger, ResponseCache, SamplingParams,
+                       bench_llm_main, check_conversations, load_embedder, load_llm, request_key, text_hash)
 from mrrec.data import simplify_queries
 
 SECRET = 'sk-test-DO-NOT-LEAK-4f9a'
@@ -172,6 +172,47 @@ def test_api_sampling_sends_a_per_request_seed(server):
     assert 'seed' not in server.requests[-1]['body'] and server.requests[-1]['body']['temperature'] == 0.0
 
 
+PARTIAL = [{'role': 'user', 'content': 'Describe a hat.'}, {'role': 'assistant', 'content': 'It is'}]
+
+
+def test_api_vllm_dialect_sends_continuation_and_penalty(server):
+    llm = api_llm(server.url, api_dialect='vllm', repetition_penalty=1.15)
+    llm.generate([PARTIAL, PARTIAL[:1]])
+    bodies = {len(r['body']['messages']): r['body'] for r in server.requests}
+    assert bodies[2]['messages'][-1] == {'role': 'assistant', 'content': 'It is'}          # the partial message is sent as is
+    assert (bodies[2]['continue_final_message'], bodies[2]['add_generation_prompt']) == (True, False)
+    assert 'continue_final_message' not in bodies[1] and 'add_generation_prompt' not in bodies[1]
+    assert bodies[1]['repetition_penalty'] == bodies[2]['repetition_penalty'] == 1.15
+    llm.generate(convs('plain'), repetition_penalty=1.0)
+    assert 'repetition_penalty' not in server.requests[-1]['body']                       # 1 = off: not sent
+
+
+def test_api_standard_dialect_sends_no_extra_fields(server):
+    llm = api_llm(server.url)
+    g = llm.generate([PARTIAL])
+    body = server.requests[-1]['body']
+    assert body['messages'][-1]['role'] == 'assistant' and g[0].text == 'echo:It is'
+    assert not {'continue_final_message', 'add_generation_prompt', 'repetition_penalty'} & set(body)
+    with pytest.raises(ValueError, match='has no such field'):
+        llm.generate([PARTIAL], repetition_penalty=1.2)
+    with pytest.raises(ConfigError, match="needs api_dialect = 'vllm'"):
+        api_llm(server.url, repetition_penalty=1.2)
+
+
+def test_partial_messages_are_checked_and_keyed():
+    with pytest.raises(ValueError, match='conversation 1: a final assistant message is a partial answer'):
+        check_conversations([PARTIAL, PARTIAL[:1] + [{'role': 'assistant', 'content': '  '}]])
+    with pytest.raises(ValueError, match='partial answer'):
+        check_conversations([PARTIAL[:1] + [{'role': 'assistant', 'content': None, 'tool_calls': [{'id': 'c', 'function': {}}]}]])
+    p = SamplingParams(32, 0.0, 1.0)
+    keys = {request_key('transformers', 'm', c, None, p, None) for c in
+            (PARTIAL[:1], PARTIAL, PARTIAL[:1] + [{'role': 'assistant', 'content': 'It was'}])}
+    assert len(keys) == 3                                                   # with / without / another start
+    penal = {request_key('transformers', 'm', PARTIAL[:1], None, SamplingParams(32, 0.0, 1.0, repetition_penalty=r), None)
+             for r in (1.0, 1.1, 1.2, 1.0)}
+    assert len(penal) == 3
+
+
 def test_secret_never_in_cache_ledger_outputs_or_logs(server, secret_env, tmp_path, caplog):
     server.fail = [(500, [])]                              # its body echoes the Authorization header
     caplog.set_level(logging.DEBUG)
@@ -320,6 +361,61 @@ def test_smol_tools_through_the_system_prompt(smol):
     assert smol.supports_tools is False                   # SmolLM2's template ignores tools
     prompt = smol.apply_template([{'role': 'user', 'content': 'Find a hat.'}], tools=[TOOL])
     assert '<tools>' in prompt and '"search_memory"' in prompt and prompt.rstrip().endswith('assistant')
+
+
+PROFILE_START = '\\boxed{"ideal_item_profile": "'
+
+
+def _greedy_reference(llm, prompt: str, max_new_tokens: int, repetition_penalty: float = 1.0) -> str:
+    "What transformers' own greedy generate writes after `prompt` (eos and what follows dropped)."
+    import torch
+    ids = llm.tokenizer(prompt, return_tensors='pt', add_special_tokens=False)
+    with torch.inference_mode():
+        out = llm.model.generate(**ids, max_new_tokens=max_new_tokens, do_sample=False, repetition_penalty=repetition_penalty,
+                                 pad_token_id=llm.tokenizer.pad_token_id, eos_token_id=llm.eos_ids)
+    new = out[0, ids['input_ids'].shape[1]:].tolist()
+    end = next((i for i, t in enumerate(new) if t in llm.eos_ids), len(new))
+    return llm.tokenizer.decode(new[:end], skip_special_tokens=True)
+
+
+def test_smol_continues_a_partial_assistant_message(smol, tmp_path):
+    from mrrec.llm import TransformersLLM
+    llm = TransformersLLM(smol.cfg, ResponseCache(tmp_path / 'c.sqlite'))
+    ask = convs('I want a warm hat for winter dog walks. Describe the ideal hat.')[0]
+    partial = ask + [{'role': 'assistant', 'content': PROFILE_START}]
+    prompt = llm.apply_template(partial)
+    assert prompt == llm.apply_template(ask) + PROFILE_START             # the start right after the header, no end of turn
+    free, cont = llm.generate([ask, partial], max_new_tokens=20)
+    assert cont.text == _greedy_reference(llm, prompt, 20)                # the model's continuation of that prompt ...
+    assert not cont.text.startswith(PROFILE_START[:7]) and cont.text != free.text   # ... without the start
+    assert cont.input_tokens == llm.count_tokens([prompt])[0]
+    assert len(llm.cache) == 2                                            # with and without the start: two entries
+    again = llm.generate([partial, ask], max_new_tokens=20)
+    assert all(g.cached for g in again) and [g.text for g in again] == [cont.text, free.text]
+    mixed = llm.generate([convs('Say hello.')[0], partial], max_new_tokens=20, use_cache=False)   # batched with a plain request
+    assert mixed[1].text == cont.text
+
+
+def test_smol_tool_call_begun_in_the_start_is_parsed(smol):
+    start = '<tool_call>\n{"name": "search_memory", "arguments": {"aspects": ["'
+    ids = smol.tokenizer('fit", "warmth"]}}\n</tool_call>', add_special_tokens=False)['input_ids']
+    g = smol._decode(ids, 10, SamplingParams(64, 0.0, 1.0), 0.1, [TOOL], 'k' * 32, start)
+    assert g.text.startswith('fit"') and g.finish_reason == 'tool_calls'
+    assert [(c['name'], c['arguments']) for c in g.tool_calls] == [('search_memory', {'aspects': ['fit', 'warmth']})]
+    assert smol._decode(ids, 10, SamplingParams(64, 0.0, 1.0), 0.1, [TOOL], 'k' * 32).tool_calls == []   # not without it
+
+
+def test_smol_repetition_penalty_is_applied_and_keyed(smol, tmp_path):
+    import dataclasses
+    from mrrec.llm import TransformersLLM
+    llm = TransformersLLM(dataclasses.replace(smol.cfg, repetition_penalty=1.2), ResponseCache(tmp_path / 'c.sqlite'))
+    c = convs('Describe a small, everyday item that is made for everyday use.')
+    pen = llm.generate(c, max_new_tokens=24)[0]
+    off = llm.generate(c, max_new_tokens=24, repetition_penalty=1.0)[0]
+    assert not off.cached and len(llm.cache) == 2                         # the penalty is part of the key
+    prompt = llm.apply_template(c[0])
+    assert pen.text == _greedy_reference(llm, prompt, 24, 1.2) and off.text == _greedy_reference(llm, prompt, 24, 1.0)
+    assert pen.text != off.text
 
 
 def test_bench_cli_runs(capsys):

@@ -168,3 +168,50 @@ def test_history_never_reaches_another_user(tmp_path):
     for u in m.users:
         hits = m.retrieve(u, 'navy Acme hats', k=50)
         assert hits and all(h['entry_id'].startswith(f'{u}/') for h in hits)
+
+
+# ---------------------------------------------------------------- whose memory is built: the users the later stages read
+from mrrec.core import load_profile
+from mrrec.local_memory import memory_users, planned_memory_users, seeded_query_order, stage_query_counts
+
+
+def _split_queries(seed=0):
+    "60 test, 10 validation, 40 training queries; most users have one query, a few have queries in two splits."
+    users = [f'u{i}' for i in range(100)] + ['u3', 'u4', 'u5', 'u61', 'u62', 'u63', 'u64', 'u65', 'u66', 'u67']
+    splits = ['test'] * 60 + ['val'] * 10 + ['train'] * 30 + ['train'] * 3 + ['test'] * 7
+    return pd.DataFrame({'qid': range(len(users)), 'user_id': users, 'split': splits, 'query': 'q', 'item_id': 'i', 'category': 'c'})
+
+
+@pytest.mark.parametrize('seed', [0, 5])
+@pytest.mark.parametrize('counts', [{'test': 16, 'train': 4, 'val': None}, {'test': 8, 'train': 12, 'val': 2}, {'test': 0, 'train': 3}])
+def test_memory_users_are_the_users_the_stages_sample(seed, counts):
+    from mrrec.retrieval import evaluation_queries
+    q = _split_queries()
+    users = memory_users(q, per_split=counts, seed=seed)
+    assert len(users) == len(set(users))
+    test = q[q.split == 'test']
+    evaluated = evaluation_queries(test, users, counts['test'], seed)
+    assert evaluated['has_local_memory'].all()                                   # every evaluated user has memory ...
+    head = seeded_query_order(test, seed)
+    assert sorted(evaluated.qid) == sorted((head.head(counts['test']) if counts['test'] else head).qid)   # ... and it is the same sample
+    rl = pytest.importorskip('mrrec.rl')
+    for split in ('train', 'val'):
+        if not counts.get(split): continue
+        picked = rl.rl_queries(q, split, counts[split], users, seed)
+        assert set(picked.user_id) <= set(users)                                 # every RL query's user has memory
+        assert sorted(picked.qid) == sorted(seeded_query_order(q[q.split == split], seed, 'rl').head(counts[split]).qid)
+    assert memory_users(q, per_split=counts, seed=seed, max_users=5) == users[:5]    # the cap keeps the evaluated users first
+
+
+def test_planned_memory_users_follow_the_profile():
+    q = _split_queries()
+    ci = load_profile('ci')
+    counts = stage_query_counts(ci)
+    assert counts == {'test': ci.tables['agent']['max_queries'], 'train': ci.tables['rl']['train_queries'],
+                      'val': ci.tables['rl']['val_queries'] or None}
+    users = planned_memory_users(ci, q)
+    assert users == memory_users(q, per_split=counts, seed=ci.seed, max_users=ci.section(LocalMemoryConfig).max_users)
+    assert set(planned_memory_users(ci.with_seed(ci.seed + 1), q)) != set(users)   # the run's seed picks the sample
+    assert planned_memory_users(ci, q, max_users=3) == users[:3]
+    paper = load_profile('paper')
+    assert stage_query_counts(paper)['test'] == 0 and len(planned_memory_users(paper, q)) >= q[q.split == 'test'].user_id.nunique()

@@ -141,7 +141,8 @@ import hashlib, json, re
 from mrrec.core import load_profile as _load_profile, read_jsonl
 from mrrec.llm import Generation, parse_tool_calls
 from mrrec.local_memory import LocalMemory, LocalMemoryConfig, build_local_memory
-from mrrec.retrieval import (ANSWER_STATUSES, NO_MEMORY_TEXT, AgentConfig, MemoryTool, Setting, StageContext, agent_conversation,
+from mrrec.retrieval import (ANSWER_PREFIX, ANSWER_STATUSES, NO_MEMORY_TEXT, TOOL_CALL_PREFIX, AgentConfig, MemoryTool, Setting,
+                             StageContext, agent_conversation,
                              evaluation_queries, format_tool_call, lookup_memory, memory_call_aspects, memory_tool_fn,
                              memory_tool_schema, parse_answer, parse_boxed_answer, read_trajectories, retrieve_main, run_agent,
                              run_setting, run_settings, search_text, settings_registry, tool_result_message)
@@ -264,6 +265,12 @@ class ScriptedLLM:
 
 
 def _reply(conv):
+    if conv[-1]['role'] == 'assistant':                  # a partial message to continue: a model that plays along
+        start, before = conv[-1]['content'], conv[-2]['content'] or ''
+        if start.endswith(TOOL_CALL_PREFIX): return 'wool material"}}\n</tool_call>'
+        if 'broken' in before or 'broken' in start: return 'merino wool beanie, merino wool beanie, merino wool beanie'
+        ids = re.findall(r'^\[([^\]]+)\]', before, re.M)
+        return 'merino wool beanie", "useful_memory_ids": ' + json.dumps(ids) + '}'
     last = conv[-1]['content'] or ''
     if conv[-1]['role'] == 'tool' or last.startswith('<tool_response>'):
         ids = re.findall(r'^\[([^\]]+)\]', last, re.M)
@@ -348,6 +355,47 @@ def test_profile_agent_tables(name):
     cfg = _load_profile(name).section(AgentConfig)
     assert cfg.memory_top_k == 3 and cfg.max_tool_calls == 1 and tuple(cfg.f6_top_k) == (1, 3, 5, 10)
     assert (cfg.max_queries == 0) == (name == 'paper') and cfg.salvage_profile == (name != 'paper')
+    assert cfg.answer_prefix == (name != 'paper') and (name != 'paper' or not cfg.tool_call_prefix)   # small-model aids only
+
+
+def test_answer_prefix_is_continued_recorded_and_judged(memory):
+    ctx = _ctx(memory, AgentConfig(answer_prefix=True))
+    reg = settings_registry(ctx.cfg)
+    recs, summary = run_setting(reg['mrrec'], ctx)
+    # alice and nobody call the tool and answer in the given box; bob's prose is continued with the prefix; carol's own
+    # box is broken (no prefix was needed to start it)
+    assert [r['answer_prefix_used'] for r in recs] == [True, True, False, True]
+    assert [r['parse_status'] for r in recs] == ['ok', 'ok', 'unclosed_box', 'ok']
+    assert all(r['answer_text'].count(ANSWER_PREFIX) == 1 for r in recs if r['answer_prefix_used'])
+    assert recs[0]['turns'][-1]['prefix'] == ANSWER_PREFIX and recs[0]['messages'][-1]['content'] == recs[0]['answer_text']
+    assert recs[0]['useful_memory_ids'] == recs[0]['memory_ids'] and recs[0]['memory_ids']
+    assert recs[1]['answer_text'].startswith('A hat would be nice.\n' + ANSWER_PREFIX) and len(recs[1]['turns']) == 2
+    assert summary['answer_prefixed'] == 0.75 and summary['format_ok'] == 0.75
+    base, _ = run_setting(reg['llm_none'], ctx)                  # the baselines' answers are begun the same way
+    assert all(r['answer_prefix_used'] for r in base)
+
+
+@pytest.mark.parametrize('continuation,status', [('", "useful_memory_ids": []}', 'empty_profile'),
+                                                 ('   ", "useful_memory_ids": ["x"]}', 'empty_profile'),
+                                                 ('wool wool wool', 'unclosed_box'), ('a hat"}', 'missing_keys')])
+def test_answer_prefix_does_not_pass_a_bad_answer(memory, continuation, status):
+    ctx = _ctx(memory, AgentConfig(answer_prefix=True), reply=lambda conv: continuation if conv[-1]['role'] == 'assistant' else 'Hmm.')
+    recs, summary = run_setting(settings_registry(ctx.cfg)['mrrec_wo_local'], ctx)
+    assert {(r['parse_status'], r['format_ok'], r['retrieval_source']) for r in recs} == {(status, False, 'query')}
+    assert summary['format_ok'] == 0.0
+
+
+def test_tool_call_prefix_makes_every_first_turn_a_call(memory):
+    cfg = AgentConfig(answer_prefix=True, tool_call_prefix=True)
+    recs, summary = run_setting(settings_registry(cfg)['mrrec'], _ctx(memory, cfg))
+    assert summary['tool_called'] == 1.0 and all(r['tool_call_prefix_used'] for r in recs)
+    assert all(r['turns'][0]['prefix'] == TOOL_CALL_PREFIX and r['tool_calls'][0]['aspects'] == 'wool material' for r in recs)
+    wo_local, _ = run_setting(settings_registry(cfg)['mrrec_wo_local'], _ctx(memory, cfg))     # no tool: no call prefix
+    assert not any(r['tool_call_prefix_used'] for r in wo_local) and all(r['answer_prefix_used'] for r in wo_local)
+    native = StageContext(evaluation_queries(QUERIES, memory.users), POOL, memory, None, HashEmbedder(), cfg, RetrievalConfig(top_k=5),
+                          llm_factory=lambda policy: ScriptedLLM(_reply, supports_tools=True))
+    with pytest.raises(ConfigError, match='text protocol only'):
+        run_setting(settings_registry(cfg)['mrrec'], native)
 
 
 def test_setting_names_are_unique_and_cli_lists_them(capsys):
