@@ -756,6 +756,7 @@ class AgentConfig:
     max_descriptions: int = 2                 # descriptions per aspect (0 = all)
     max_new_tokens: int = 0                   # per turn (0 = [llm] max_new_tokens)
     temperature: float = 0.0                  # 0 = greedy
+    repetition_penalty: float = 0.0           # the agent's and baselines' turns (0 = [llm] repetition_penalty)
     one_shot: bool = False                    # a worked example before the request (small models need it)
     salvage_profile: bool = False             # a malformed answer's readable profile is used before the query fallback
     answer_prefix: bool = False               # every final answer starts with ANSWER_PREFIX, which the model continues
@@ -772,6 +773,7 @@ class AgentConfig:
             if getattr(self, key) < 1: bad(key, f"must be >= 1, got {getattr(self, key)}")
         if not self.f6_top_k or any(k < 1 for k in self.f6_top_k): bad('f6_top_k', f"must be positive ints, got {list(self.f6_top_k)}")
         if self.temperature < 0: bad('temperature', f"must be >= 0, got {self.temperature}")
+        if self.repetition_penalty < 0: bad('repetition_penalty', f"must be > 0, or 0 for [llm]'s, got {self.repetition_penalty}")
 
 # %% ../nbs/05_retrieval.ipynb #8b28a67a
 MEMORY_TOOL_NAME = 'memory_retrieval_tool'
@@ -1091,7 +1093,7 @@ def run_agent(llm, conversations: list[list[dict]], user_ids: Sequence[str] | No
               tools: bool = False, protocol: str = 'text', max_tool_calls: int = 1, memory_top_k: int = 3, levels=None,
               entry_chars: int = 0, max_new_tokens: int | None = None, temperature: float = 0.0, seed: int = 0,
               stage: str = 'agent', progress: bool | None = None, answer_prefix: str | None = None,
-              tool_call_prefix: str | None = None) -> list[dict]:
+              tool_call_prefix: str | None = None, repetition_penalty: float | None = None) -> list[dict]:
     "Run the multi-turn loop for all `conversations` at once; one result dict per conversation (see above)."
     n = len(conversations)
     if tools and (user_ids is None or len(user_ids) != n): raise ValueError("tools need one user id per conversation")
@@ -1103,7 +1105,8 @@ def run_agent(llm, conversations: list[list[dict]], user_ids: Sequence[str] | No
             'tool_call_prefix_used': False} for _ in range(n)]
     count, _ = token_counter(llm)
     active = list(range(n))
-    sampling = {'temperature': temperature, **({'seed': seed} if temperature > 0 else {})}
+    sampling = {'temperature': temperature, **({'seed': seed} if temperature > 0 else {}),
+                **({'repetition_penalty': repetition_penalty} if repetition_penalty else {})}
     schema = [memory_tool_schema()] if native else None
 
     def finish(i: int, text: str, over_limit: int, prefixed: bool):
@@ -1340,7 +1343,8 @@ def run_setting(setting: Setting, ctx: StageContext, progress: bool | None = Non
                         levels=_levels_key(setting.levels), entry_chars=cfg.entry_chars, max_new_tokens=cfg.max_new_tokens or None,
                         temperature=cfg.temperature, seed=ctx.seed, stage=f'agent.{setting.name}', progress=progress,
                         answer_prefix=ANSWER_PREFIX if cfg.answer_prefix else None,
-                        tool_call_prefix=TOOL_CALL_PREFIX if cfg.tool_call_prefix and tools and cfg.max_tool_calls else None)
+                        tool_call_prefix=TOOL_CALL_PREFIX if cfg.tool_call_prefix and tools and cfg.max_tool_calls else None,
+                        repetition_penalty=cfg.repetition_penalty or None)
         count, method = token_counter(llm)
         for r, p in zip(res, pasted):
             if p['memory_text']:

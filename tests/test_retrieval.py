@@ -404,3 +404,17 @@ def test_setting_names_are_unique_and_cli_lists_them(capsys):
     assert retrieve_main(['--list']) == 0
     assert 'mrrec_wo_global' in capsys.readouterr().out
     with pytest.raises(ValueError, match='levels must be a subset'): Setting('x', 'agent', levels=('records',))
+
+
+def test_agent_repetition_penalty_reaches_every_generate(memory):
+    seen = []
+    class Recording(ScriptedLLM):
+        def generate(self, conversations, tools=None, stop=None, **kw):
+            seen.append(kw.get('repetition_penalty'))
+            return super().generate(conversations, tools, stop, **kw)
+    for cfg, want in ((AgentConfig(repetition_penalty=1.1, answer_prefix=True), 1.1), (AgentConfig(), None)):
+        seen.clear()
+        ctx = StageContext(evaluation_queries(QUERIES, memory.users), POOL, memory, None, HashEmbedder(), cfg, RetrievalConfig(top_k=5),
+                           llm_factory=lambda policy: Recording(_reply))
+        run_setting(settings_registry(cfg)['mrrec'], ctx)
+        assert len(seen) >= 2 and set(seen) == {want}          # None: the LLM's own [llm] penalty applies
