@@ -4,19 +4,21 @@
 
 # %% ../nbs/00_core.ipynb #5c2af071
 from __future__ import annotations
-import dataclasses, datetime, gzip, hashlib, importlib, importlib.metadata, io, json, os, platform, random, sys, tempfile, tomllib, types, typing
+import argparse, dataclasses, datetime, gzip, hashlib, importlib, importlib.metadata, io, json, os, platform, random, sys, tempfile, tomllib, types, typing
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+import shutil, uuid
 import numpy as np
 import pandas as pd
 
 # %% auto #0
 __all__ = ['PACKAGE_DIR', 'REPO_DIR', 'PAPER_NUMBERS_DIR', 'RUN_SUBDIRS', 'PACKAGES_OF_INTEREST', 'COMMANDS', 'NBS_DIR',
            'profile_dirs', 'ConfigError', 'config_from_dict', 'Profile', 'load_profile', 'seed_everything',
-           'stable_hash', 'atomic_write', 'write_json', 'read_json', 'write_jsonl', 'read_jsonl', 'write_parquet',
-           'read_parquet', 'write_table', 'paper_numbers', 'Run', 'default_run_root', 'package_versions', 'start_run',
-           'main', 'stage_notebooks', 'StageFailed', 'run_stage', 'reproduce', 'write_report', 'reproduce_main']
+           'stable_hash', 'atomic_write', 'atomic_dir', 'write_json', 'read_json', 'write_jsonl', 'read_jsonl',
+           'write_parquet', 'read_parquet', 'write_table', 'paper_numbers', 'Run', 'default_run_root',
+           'package_versions', 'start_run', 'run_arg_parser', 'main', 'stage_notebooks', 'StageFailed', 'run_stage',
+           'reproduce', 'write_report', 'reproduce_main']
 
 # %% ../nbs/00_core.ipynb #a01925e8
 PACKAGE_DIR = Path(__file__).resolve().parent if '__file__' in globals() else Path.cwd().parent / 'mrrec'
@@ -130,6 +132,24 @@ def atomic_write(path: str | os.PathLike, mode: str = 'w', encoding: str | None 
         except FileNotFoundError: pass
         raise
 
+# %% ../nbs/00_core.ipynb #547036f2
+@contextmanager
+def atomic_dir(path: str | os.PathLike):
+    "Yield a temporary folder beside `path` to fill; on success it replaces the folder `path`, on error it is removed."
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f'.{path.name}.', suffix='.tmp', dir=path.parent))
+    os.chmod(tmp, 0o777 & ~_UMASK)  # mkdtemp makes 0700 folders
+    try:
+        yield tmp
+        old = path.with_name(f'.{path.name}.{uuid.uuid4().hex}.old')
+        if path.exists(): os.replace(path, old)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
 # %% ../nbs/00_core.ipynb #e42b2131
 def _open_text(path: Path):
     "Open a text file for reading, decompressing `.gz` transparently."
@@ -232,6 +252,15 @@ def start_run(profile: str | Profile = 'ci', out: str | os.PathLike | None = Non
     write_json(meta, meta_path)
     seed_everything(prof.seed)
     return Run(prof, root)
+
+# %% ../nbs/00_core.ipynb #b250dc41
+def run_arg_parser(prog: str, description: str, default_profile: str = 'demo') -> argparse.ArgumentParser:
+    "An argument parser with the options that name a run: `--profile`, `--out` and `--seed`."
+    ap = argparse.ArgumentParser(prog=prog, description=description)
+    ap.add_argument('--profile', default=default_profile, help='profile name or path to a profile TOML file')
+    ap.add_argument('--out', default=None, help='run folder (default runs/<profile>-seed<seed>)')
+    ap.add_argument('--seed', type=int, default=None, help="overrides the profile's seed")
+    return ap
 
 # %% ../nbs/00_core.ipynb #e371d477
 COMMANDS = {
@@ -342,11 +371,7 @@ def write_report(run: Run) -> Path:
 
 def reproduce_main(argv: list[str]) -> int:
     "`mrrec reproduce --profile ci|demo|paper [--out DIR] [--seed N] [--resume] [--stages 01 02 ...]`"
-    import argparse
-    ap = argparse.ArgumentParser(prog='mrrec reproduce', description=reproduce_main.__doc__)
-    ap.add_argument('--profile', default='demo', help='profile name or path to a profile TOML file')
-    ap.add_argument('--out', default=None, help='run folder (default runs/<profile>-seed<seed>)')
-    ap.add_argument('--seed', type=int, default=None, help="overrides the profile's seed")
+    ap = run_arg_parser('mrrec reproduce', reproduce_main.__doc__)
     ap.add_argument('--resume', action='store_true', help='skip stages that finished in an earlier run')
     ap.add_argument('--stages', nargs='*', default=None, help='only these stage prefixes, e.g. 01 02')
     a = ap.parse_args(argv)

@@ -189,11 +189,8 @@ def efficiency_run(run: Run, cfg: EvalConfig | None = None, scaling: bool = True
 
 def efficiency_main(argv: list[str]) -> int:
     "`mrrec efficiency --profile ci|demo|paper [--out DIR] [--seed N] [--no-scaling]`: write T4, timings and the scaling plot."
-    from mrrec.core import start_run
-    ap = argparse.ArgumentParser(prog='mrrec efficiency', description='T4 (cost and efficiency), stage timings, item-search scaling.')
-    ap.add_argument('--profile', default='demo', help='profile name or path to a profile TOML file')
-    ap.add_argument('--out', default=None, help='run folder (default runs/<profile>-seed<seed>)')
-    ap.add_argument('--seed', type=int, default=None, help="overrides the profile's seed")
+    from mrrec.core import run_arg_parser, start_run
+    ap = run_arg_parser('mrrec efficiency', 'T4 (cost and efficiency), stage timings, item-search scaling.')
     ap.add_argument('--no-scaling', action='store_true', help='skip the item-search scaling measurement')
     a = ap.parse_args(argv)
     run = start_run(a.profile, a.out, a.seed)

@@ -665,12 +665,8 @@ def evaluate_run(run: Run, cfg: EvalConfig | None = None, judge_llm=None, progre
 
 def eval_main(argv: list[str]) -> int:
     "`mrrec eval --profile ci|demo|paper [--out DIR] [--seed N] [--no-judge]`: write the evaluation tables and figures."
-    import argparse
-    from mrrec.core import start_run
-    ap = argparse.ArgumentParser(prog='mrrec eval', description='Evaluation tables (T1, T2, T3) and figures (F3-F6) of a run.')
-    ap.add_argument('--profile', default='demo', help='profile name or path to a profile TOML file')
-    ap.add_argument('--out', default=None, help='run folder (default runs/<profile>-seed<seed>)')
-    ap.add_argument('--seed', type=int, default=None, help="overrides the profile's seed")
+    from mrrec.core import run_arg_parser, start_run
+    ap = run_arg_parser('mrrec eval', 'Evaluation tables (T1, T2, T3) and figures (F3-F6) of a run.')
     ap.add_argument('--no-judge', action='store_true', help='skip the LLM-judged half of T3')
     a = ap.parse_args(argv)
     run = start_run(a.profile, a.out, a.seed)

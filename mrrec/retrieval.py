@@ -17,7 +17,7 @@ import bm25s
 # search 3x slower than 1 thread (measured). Only takes effect if faiss' OpenMP runtime is not loaded yet.
 os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 import faiss
-from .core import ConfigError, atomic_write, read_json, stable_hash, write_json
+from .core import ConfigError, atomic_dir, atomic_write, read_json, run_arg_parser, stable_hash, write_json
 
 # %% auto #0
 __all__ = ['DENSE_INDEX_KINDS', 'PAD_ROW', 'TOKEN_PATTERN', 'STOPWORD_LISTS', 'BM25_VARIANTS', 'RETRIEVERS', 'AGENT_PROTOCOLS',
@@ -314,17 +314,11 @@ class BM25Index:
     def save(self, path: str | os.PathLike) -> Path:
         "Write the index to folder `path` (built in a temporary folder beside it, then moved into place)."
         if self._bm25 is None: raise RuntimeError("BM25Index: nothing to save")
-        path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f'.{path.name}.', dir=path.parent))
-        try:
+        with atomic_dir(path) as tmp:
             self._bm25.save(str(tmp), show_progress=False)
             write_json({'format': 'mrrec-bm25/1', **self.params(), 'n_items': self.n_items,
                         'item_ids': None if self.item_ids is None else [str(i) for i in self.item_ids]}, tmp / 'mrrec_bm25.json')
-            if path.exists(): shutil.rmtree(path)
-            os.replace(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True); raise
-        return path
+        return Path(path)
 
     @classmethod
     def load(cls, path: str | os.PathLike, mmap: bool = False) -> 'BM25Index':
@@ -482,17 +476,11 @@ class DenseIndex:
 
     def save(self, path: str | os.PathLike) -> Path:
         "Write the faiss index and the item ids to folder `path` (built beside it, then moved into place)."
-        path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f'.{path.name}.', dir=path.parent))
-        try:
+        with atomic_dir(path) as tmp:
             faiss.write_index(self.index, str(tmp / 'index.faiss'))
             write_json({'format': 'mrrec-dense/1', 'n_items': self.n_items, 'dim': self.dim,
                         'item_ids': None if self.item_ids is None else [str(i) for i in self.item_ids]}, tmp / 'mrrec_dense.json')
-            if path.exists(): shutil.rmtree(path)
-            os.replace(tmp, path)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True); raise
-        return path
+        return Path(path)
 
     @classmethod
     def load(cls, path: str | os.PathLike, embedder=None, batch_size: int = 1024, threads: int = 0) -> 'DenseIndex':
@@ -1537,10 +1525,7 @@ def settings_metrics(trajectories: pd.DataFrame, ks=(10, 100)) -> pd.DataFrame:
 
 def retrieve_main(argv: list[str]) -> int:
     "`mrrec retrieve --profile ci|demo|paper [--out DIR] [--seed N] [--settings ...] [--policy DIR] [--force]`"
-    ap = argparse.ArgumentParser(prog='mrrec retrieve', description='MR.Rec agent and baselines: one trajectory file per setting.')
-    ap.add_argument('--profile', default='demo', help='profile name or path to a profile TOML file')
-    ap.add_argument('--out', default=None, help='run folder (default runs/<profile>-seed<seed>)')
-    ap.add_argument('--seed', type=int, default=None)
+    ap = run_arg_parser('mrrec retrieve', 'MR.Rec agent and baselines: one trajectory file per setting.')
     ap.add_argument('--settings', nargs='*', default=None, help=f'setting names (default: [agent] settings, else all); see --list')
     ap.add_argument('--policy', default=None, help="trained policy folder for the _rl settings (default: [agent] policy)")
     ap.add_argument('--force', action='store_true', help='rerun settings that are finished')

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any, Callable
 import numpy as np
 import pandas as pd
-from .core import (ConfigError, Run, atomic_write, load_profile, read_json, start_run, stable_hash,
-                        write_json, write_table)
+from .core import (ConfigError, Run, atomic_write, load_profile, read_json, run_arg_parser, start_run,
+                        stable_hash, write_json, write_table)
 
 # %% auto #0
 __all__ = ['PROTOCOLS', 'VARIANTS', 'QUERY_COLUMNS', 'F4_COLUMNS', 'F4_PANELS', 'POLICY_META', 'RLConfig', 'target_ranks',
@@ -499,11 +499,10 @@ def task_from_run(run: Run, prompt: Callable[[dict, str], list[dict]], memory_to
 
 def rl_queries(queries: pd.DataFrame, split: str, n: int = 0, users_with_memory=(), seed: int = 0) -> pd.DataFrame:
     "Up to `n` (0 = all) queries of `split`, users with local memory first, otherwise in a seeded order."
-    q = queries[queries['split'] == split].copy()
-    has = set(map(str, users_with_memory))
-    q['_mem'] = ~q['user_id'].astype(str).isin(has)
-    q['_order'] = [stable_hash(seed, 'rl', str(x)) for x in q['qid']]
-    q = q.sort_values(['_mem', '_order']).drop(columns=['_mem', '_order'])
+    from mrrec.local_memory import SPLIT_ORDER_SALT, seeded_query_order   # the memory stage picked its users this way
+    q = seeded_query_order(queries[queries['split'] == split], seed, SPLIT_ORDER_SALT.get(split, 'rl'))
+    no_memory = ~q['user_id'].astype(str).isin(set(map(str, users_with_memory)))
+    q = q.iloc[np.argsort(no_memory.to_numpy(), kind='stable')]   # users with memory first, seeded order kept within
     return (q.head(n) if n else q).reset_index(drop=True)
 
 # %% ../nbs/06_rl.ipynb #6e31e064
@@ -698,10 +697,7 @@ def rl_stage(run: Run, variants: list[str] | None = None, resume: bool = True) -
 
 def rl_main(argv: list[str]) -> int:
     "`mrrec rl --profile ci|demo|paper [--out DIR] [--seed N] [--variant instruct base] [--restart] [--launch-files]`"
-    ap = argparse.ArgumentParser(prog='mrrec rl', description='GRPO training of the MR.Rec agent (the RL stage).')
-    ap.add_argument('--profile', default='demo', help='profile name or path to a profile TOML file')
-    ap.add_argument('--out', default=None, help='run folder (default runs/<profile>-seed<seed>)')
-    ap.add_argument('--seed', type=int, default=None, help="overrides the profile's seed")
+    ap = run_arg_parser('mrrec rl', 'GRPO training of the MR.Rec agent (the RL stage).')
     ap.add_argument('--variant', nargs='*', choices=VARIANTS, default=None, help="variants to train (default: the profile's)")
     ap.add_argument('--restart', action='store_true', help='discard checkpoints and trained policies of these variants')
     ap.add_argument('--launch-files', action='store_true', help='only write the accelerate config and launch script')
