@@ -5,7 +5,7 @@
 # %% ../nbs/02_llm.ipynb #53b4a134
 from __future__ import annotations
 import argparse, concurrent.futures, dataclasses, email.utils, fcntl, functools, hashlib, importlib.util, json, logging
-import os, random, re, sqlite3, sys, threading, time
+import inspect, os, random, re, sqlite3, sys, threading, time
 from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
@@ -23,9 +23,9 @@ __all__ = ['LLM_BACKENDS', 'API_DIALECTS', 'DTYPES', 'LLM_ALIASES', 'EMBED_ALIAS
            'template_supports_tools', 'tools_system_prompt', 'messages_for_template', 'ResponseCache', 'Ledger',
            'SamplingParams', 'continues_final_message', 'row_seeds', 'request_key', 'check_conversations', 'LLM',
            'resolve_device', 'resolve_dtype', 'model_cache_root', 'converted_gguf_folder', 'local_model_folder',
-           'TransformersLLM', 'LLMRequestError', 'retry_after_seconds', 'OpenAICompatibleLLM', 'load_llm', 'run_ledger',
-           'load_llm_for_run', 'text_hash', 'EmbeddingStore', 'Embedder', 'load_embedder', 'load_embedder_for_run',
-           'bench_llm', 'bench_llm_main']
+           'shared_prefix_length', 'TransformersLLM', 'LLMRequestError', 'retry_after_seconds', 'OpenAICompatibleLLM',
+           'load_llm', 'run_ledger', 'load_llm_for_run', 'text_hash', 'EmbeddingStore', 'Embedder', 'load_embedder',
+           'load_embedder_for_run', 'bench_llm', 'bench_llm_main']
 
 # %% ../nbs/02_llm.ipynb #7e0ac79e
 LLM_BACKENDS = ('transformers', 'openai')
@@ -50,6 +50,7 @@ class LLMConfig:
     device: str = 'auto'            # 'auto' = GPU (bf16) when present, else CPU (float32)
     dtype: str = 'auto'
     batch_size: int = 16            # conversations per forward pass (transformers)
+    reuse_prefix: bool = True       # transformers: compute the prompt prefix a batch shares once (see 'Local models')
     threads: int = 0                # CPU only: torch intra-op threads for the process (0 = torch's default)
     max_new_tokens: int = 256
     temperature: float = 0.0        # 0 = greedy
@@ -602,9 +603,18 @@ def _partial_text(conversation: list[dict]) -> str:
     "The text of a final (partial) assistant message, '' when the conversation does not end with one."
     return conversation[-1]['content'] if continues_final_message(conversation) else ''
 
+def shared_prefix_length(rows: list[list[int]], limit: int | None = None) -> int:
+    "How many leading tokens all `rows` have in common (at most `limit`)."
+    n = min(len(r) for r in rows) if limit is None else limit
+    first = rows[0]
+    for r in rows[1:]:
+        n = next((i for i in range(n) if r[i] != first[i]), n)
+    return n
+
 class TransformersLLM(LLM):
     "In-process generation with a transformers causal LM (hub id, folder or GGUF file)."
     backend = 'transformers'
+    MIN_SHARED_PREFIX = 32   # tokens: below this a shared prefix saves less than its cache copy costs
 
     def __init__(self, cfg: LLMConfig, cache=None, ledger=None):
         super().__init__(cfg, cache, ledger)
@@ -618,6 +628,9 @@ class TransformersLLM(LLM):
         self.supports_tools = template_supports_tools(self.tokenizer.chat_template)
         eos = self.model.generation_config.eos_token_id
         self.eos_ids = sorted(set(eos if isinstance(eos, list) else [eos if eos is not None else self.tokenizer.eos_token_id]))
+        # transformers 5.24 renamed generate()'s `past_key_values` to `cache`; take whichever this version has
+        self._cache_kw = 'cache' if 'cache' in inspect.signature(self.model.forward).parameters else 'past_key_values'
+        self._prefix_memo, self.last_shared_prefix = None, 0
 
     @property
     def model_id(self) -> str:
@@ -635,6 +648,44 @@ class TransformersLLM(LLM):
     def count_tokens(self, texts: list[str]) -> list[int]:
         return [len(ids) for ids in self.tokenizer(list(texts), add_special_tokens=False)['input_ids']]
 
+    def _prefix_cache(self, rows: list[list[int]]):
+        """(length, key/value cache of batch size 1) for a token prefix that every row of `rows` starts with, or (0, None).
+
+        The cache of the last prefix computed is kept: it serves every later batch whose rows all start with it (the
+        system prompt and one-shot example a stage repeats in every request), and a batch of two or more rows that
+        shares a longer or another prefix computes a new one. At least one token per row is left uncached, because
+        generation starts from the logits of the last prompt token."""
+        import torch
+        from transformers import DynamicCache
+        limit = min(len(r) for r in rows) - 1
+        memo = self._prefix_memo
+        if memo and len(memo[0]) <= limit and all(tuple(r[:len(memo[0])]) == memo[0] for r in rows):
+            return len(memo[0]), memo[1]
+        n = shared_prefix_length(rows, limit)
+        if len(rows) < 2 or n < self.MIN_SHARED_PREFIX: return 0, None
+        cache = DynamicCache(config=self.model.config)
+        with torch.inference_mode():
+            self.model(input_ids=torch.tensor([rows[0][:n]], device=self.device), use_cache=True, **{self._cache_kw: cache})
+        self._prefix_memo = (tuple(rows[0][:n]), cache)
+        return n, cache
+
+    def _batch_inputs(self, texts: list[str]) -> tuple[dict, int]:
+        "generate()'s inputs for one batch, and how many prompt tokens of each row come from the shared-prefix cache."
+        import copy, torch
+        rows = self.tokenizer(texts, add_special_tokens=False)['input_ids']
+        n, cache = self._prefix_cache(rows) if self.cfg.reuse_prefix else (0, None)
+        # padding goes between the shared prefix and each row's own tokens; positions follow the attention mask, so
+        # every row sees exactly the positions it would have alone
+        width, pad = max(len(r) for r in rows) - n, self.tokenizer.pad_token_id
+        ids = [r[:n] + [pad] * (width - len(r) + n) + r[n:] for r in rows]
+        mask = [[1] * n + [0] * (width - len(r) + n) + [1] * (len(r) - n) for r in rows]
+        inputs = {'input_ids': torch.tensor(ids, device=self.device), 'attention_mask': torch.tensor(mask, device=self.device)}
+        if cache is not None:
+            cache = copy.deepcopy(cache)          # generation appends to the cache it is given
+            cache.batch_repeat_interleave(len(rows))
+            inputs[self._cache_kw] = cache
+        return inputs, n
+
     def _generate(self, requests, tools, params, done, progress):
         import torch
         from transformers import GenerationConfig, LogitsProcessorList
@@ -649,7 +700,7 @@ class TransformersLLM(LLM):
                    disable=progress is False or (progress is None and len(batches) < 2))
         for b in batches:
             t0 = time.perf_counter()
-            enc = self.tokenizer([prompts[i] for i in b], return_tensors='pt', padding=True, add_special_tokens=False).to(self.device)
+            enc, self.last_shared_prefix = self._batch_inputs([prompts[i] for i in b])
             procs = [_row_sampler([torch.Generator(device=self.device).manual_seed(requests[i].seed) for i in b],
                                   params.temperature, params.top_p)] if params.sampling else []
             with torch.inference_mode():
