@@ -661,8 +661,9 @@ class TransformersLLM(LLM):
         memo = self._prefix_memo
         if memo and len(memo[0]) <= limit and all(tuple(r[:len(memo[0])]) == memo[0] for r in rows):
             return len(memo[0]), memo[1]
+        if len(rows) < 2: return 0, None          # one row alone says nothing about what the next batches share
         n = shared_prefix_length(rows, limit)
-        if len(rows) < 2 or n < self.MIN_SHARED_PREFIX: return 0, None
+        if n < self.MIN_SHARED_PREFIX: return 0, None
         cache = DynamicCache(config=self.model.config)
         with torch.inference_mode():
             self.model(input_ids=torch.tensor([rows[0][:n]], device=self.device), use_cache=True, **{self._cache_kw: cache})
