@@ -1,5 +1,6 @@
-"""GRPO stage (mrrec.rl): the loss mask on real rollouts of both tool paths, rewards on hand-made answers, and a short
-CPU training run with SmolLM2 that is interrupted, resumes, changes the weights and writes the F4 log.
+"""GRPO stage (mrrec.rl): the loss mask on real rollouts of trl's tool loop (the text protocol's is checked in
+nbs/06_rl.ipynb), rewards on hand-made answers, and a short CPU training run with SmolLM2 that is interrupted,
+resumes, changes the weights and writes the F4 log.
 
 Rollouts use a tiny hand-made task (a few items, two users with memory, a hashing embedder) so the tests do not
 depend on the earlier stages' artifacts; the model, the trainer, the tool loop and the loss are the real ones.
@@ -51,14 +52,6 @@ SMALL = dict(num_generations=2, per_device_train_batch_size=4, gradient_accumula
              max_steps=1, learning_rate=1e-5)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # the development machines are 2 shared cores: a second intra-op thread mostly spins while the other waits
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def rollout_and_check(trainer, tok, aspects='warm material, price'):
     "One real rollout batch whose first turns open with a memory call; checks the mask and the loss gradient."
     opening = (format_tool_call(aspects) if trainer.mrrec_protocol == 'text' else
@@ -86,14 +79,8 @@ def rollout_and_check(trainer, tok, aspects='warm material, price'):
     return batch
 
 
-def test_text_protocol_masks_memory_tokens(tmp_path):
-    policy, tok = load_policy('smollm2')
-    trainer = build_trainer(TASK, RLConfig(**SMALL), policy, tok, ROWS, tmp_path / 'out', seed=0, save_strategy='no')
-    assert trainer.mrrec_protocol == 'text'          # SmolLM2's template has no tools
-    batch = rollout_and_check(trainer, tok)
-    assert batch['tool_mask'].shape == batch['completion_ids'].shape
-
-
+# The text protocol (SmolLM2's own template, mrrec's rollout_func) gets the same check in nbs/06_rl.ipynb, which
+# nbdev_test runs; trl's own tool loop is checked here only.
 def test_trl_tool_loop_masks_memory_tokens(tmp_path):
     # a tool-capable template on the same small weights: Qwen2.5's template (ChatML, like SmolLM2's) makes trl run
     # its own tool loop with MemoryEnv as environment_factory -- the path the paper profile uses with Qwen2.5-3B
