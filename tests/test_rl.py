@@ -17,7 +17,7 @@ import torch
 
 from mrrec.core import start_run
 from mrrec import rl
-from mrrec.rl import (MEMORY_TOOL_NAME, EmbeddingRanker, RecTask, RLConfig, build_trainer, format_tool_call, load_policy,
+from mrrec.rl import (MEMORY_TOOL_NAME, EmbeddingRanker, RecTask, RLConfig, build_trainer, load_policy,
                       make_reward_funcs, masked_logp_gradients, rollout_tool_results, scripted_openings,
                       tool_turn_renderer, train_rl, trained_policy, verify_tool_mask, read_reward_log,
                       plot_reward_trajectories)
@@ -53,9 +53,8 @@ SMALL = dict(num_generations=2, per_device_train_batch_size=4, gradient_accumula
 
 
 def rollout_and_check(trainer, tok, aspects='warm material, price'):
-    "One real rollout batch whose first turns open with a memory call; checks the mask and the loss gradient."
-    opening = (format_tool_call(aspects) if trainer.mrrec_protocol == 'text' else
-               '<tool_call>\n{"name": "%s", "arguments": {"aspects": "%s"}}\n</tool_call>' % (MEMORY_TOOL_NAME, aspects))
+    "One real rollout batch of trl's tool loop, first turns opening with a memory call; checks the mask and the gradient."
+    opening = '<tool_call>\n{"name": "%s", "arguments": {"aspects": "%s"}}\n</tool_call>' % (MEMORY_TOOL_NAME, aspects)
     first_turn = lambda text: (opening + tok.eos_token) if 'user\n<tool_response>' not in text else None
     rows = [dict(trainer.train_dataset[i]) for i in (0, 0, 1, 1)]
     trainer.model.train()
