@@ -21,12 +21,13 @@ from .core import (REPO_DIR, ConfigError, Run, atomic_write, default_run_root, l
 log = logging.getLogger('mrrec.data')
 
 # %% auto #0
-__all__ = ['log', 'SPLITS', 'QUERY_SPEC', 'POOL_SPEC', 'REVIEW_SPEC', 'META_SPEC', 'QUERY_COLUMNS', 'POOL_COLUMNS',
-           'REVIEW_COLUMNS', 'META_COLUMNS', 'HISTORY_COLUMNS', 'C4_REPO', 'REVIEWS_REPO', 'C4_QUERIES_FILE',
-           'C4_POOL_FILE', 'AMAZON_REVIEWS_2023_CATEGORIES', 'SHARED_ASPECTS', 'CATALOG', 'SYNTH_VERSION',
-           'SYNTH_FILES', 'SIMPLIFY_INSTRUCTION', 'SIMPLIFY_EXAMPLES', 'DATA_VERSION', 'DataConfig', 'data_path',
-           'DataFormatError', 'parse_price', 'read_c4_queries', 'read_item_pool', 'read_reviews', 'read_item_meta',
-           'item_text', 'join_history', 'split_queries', 'sample_queries', 'DataUnavailableError', 'hub_url',
+__all__ = ['log', 'SPLITS', 'PLAN_FIELDS', 'QUERY_SPEC', 'POOL_SPEC', 'REVIEW_SPEC', 'META_SPEC', 'QUERY_COLUMNS', 'POOL_COLUMNS',
+           'REVIEW_COLUMNS', 'META_COLUMNS', 'HISTORY_COLUMNS', 'SPLIT_ORDER_SALT', 'C4_REPO', 'REVIEWS_REPO',
+           'C4_QUERIES_FILE', 'C4_POOL_FILE', 'AMAZON_REVIEWS_2023_CATEGORIES', 'SHARED_ASPECTS', 'CATALOG',
+           'SYNTH_VERSION', 'SYNTH_FILES', 'SIMPLIFY_INSTRUCTION', 'SIMPLIFY_EXAMPLES', 'DATA_VERSION', 'DataConfig',
+           'data_path', 'DataFormatError', 'parse_price', 'read_c4_queries', 'read_item_pool', 'read_reviews',
+           'read_item_meta', 'item_text', 'join_history', 'split_queries', 'sample_queries', 'seeded_query_order',
+           'memory_users', 'memory_first', 'QueryPlan', 'plan_queries', 'DataUnavailableError', 'hub_url',
            'download_c4', 'download_amazon_reviews', 'Category', 'synth_signature', 'generate_synthc4',
            'ensure_synthc4', 'synth_files', 'read_latent_preferences', 'oracle_profiles', 'simplify_prompt',
            'parse_simplified', 'simplify_queries', 'DataBundle', 'real_data_files', 'prepare_data', 'load_data',
@@ -34,6 +35,7 @@ __all__ = ['log', 'SPLITS', 'QUERY_SPEC', 'POOL_SPEC', 'REVIEW_SPEC', 'META_SPEC
 
 # %% ../nbs/01_data.ipynb #8b3eaf0e
 SPLITS = ('train', 'val', 'test')
+PLAN_FIELDS = ('eval_queries', 'rl_train_queries', 'rl_val_queries', 'memory_user_cap')   # `plan_queries` reads these
 
 @dataclass(frozen=True)
 class DataConfig:
@@ -62,6 +64,11 @@ class DataConfig:
     # both
     split_fractions: tuple[float, float, float] = (0.45, 0.10, 0.45)   # train, val, test
     errors: str = 'raise'                          # 'raise' on the first bad input line, or 'skip' and count
+    # the query plan: which queries the later stages answer (`plan_queries`); not part of the data's signature
+    eval_queries: int = 0                          # test queries every setting answers (0 = all); memory users first
+    rl_train_queries: int = 0                      # RL training queries (0 = the whole train split)
+    rl_val_queries: int = 0                        # RL validation queries for early stopping (0 = no validation)
+    memory_user_cap: int = 0                       # most users whose local memory is built (0 = no cap; evaluated first)
 
     def __post_init__(self):
         bad = []
@@ -76,8 +83,8 @@ class DataConfig:
         if not 1 <= self.types_per_category <= 5: bad.append(f"types_per_category must be in 1..5, got {self.types_per_category}")
         if self.n_queries < 1 or self.n_items < 1: bad.append("n_queries and n_items must be positive")
         if not 0 <= self.noise_fraction < 1: bad.append(f"noise_fraction must be in [0, 1), got {self.noise_fraction}")
-        if self.near_misses_per_target < 0 or self.post_query_max < 0 or self.max_queries < 0:
-            bad.append("near_misses_per_target, post_query_max and max_queries must be >= 0")
+        counts = ('near_misses_per_target', 'post_query_max', 'max_queries', *PLAN_FIELDS)
+        bad += [f"{n} must be an integer >= 0, got {getattr(self, n)!r}" for n in counts if getattr(self, n) < 0]
         if bad: raise ConfigError('[data] ' + '; '.join(bad))
 
 def data_path(p: str | os.PathLike) -> Path:
@@ -503,6 +510,87 @@ def sample_queries(queries: pd.DataFrame, n: int, seed: int = 0) -> pd.DataFrame
     "The `n` queries with the smallest stable hash of (seed, qid) (all when n is 0 or too large), in qid order."
     if not n or n >= len(queries): return queries
     return queries.iloc[np.sort(np.argsort(_unit_hash('sample', seed, queries['qid']), kind='stable')[:n])]
+
+# %% ../nbs/01_data.ipynb #b4a2a6d3
+SPLIT_ORDER_SALT = {'test': None, 'val': 'rl', 'train': 'rl'}   # the salt of each split's seeded order
+
+def seeded_query_order(
+    queries: pd.DataFrame,    # needs a qid column
+    seed: int = 0,            # the run's seed
+    salt: str | None = None,  # a split's salt (`SPLIT_ORDER_SALT`)
+) -> pd.DataFrame:
+    "`queries` in a seeded order that depends only on (seed, salt, qid): a stable sample of n queries is its first n rows."
+    keys = [stable_hash(seed, str(q)) if salt is None else stable_hash(seed, salt, str(q)) for q in queries['qid']]
+    return queries.iloc[np.argsort(np.array(keys, dtype=object), kind='stable')] if len(queries) else queries
+
+
+# %% ../nbs/01_data.ipynb #d7448822
+def memory_users(
+    queries: pd.DataFrame,                           # queries with a split column (unless `per_split` is None)
+    order: tuple[str, ...] = ('test', 'val', 'train'),  # splits in priority order
+    max_users: int = 0,                              # cap (0 = none); the first users in priority order are kept
+    per_split: dict | None = None,                   # {split: n queries (0 = all, None = nobody)}; None: every user
+    seed: int = 0,                                   # the run's seed
+) -> list[str]:
+    "Users whose local memory is built, in priority order: the users of the first n queries of each split."
+    if per_split is None:
+        rank = queries['split'].map({s: i for i, s in enumerate(order)}).fillna(len(order)) if 'split' in queries else 0
+        users = list(dict.fromkeys(queries.assign(_rank=rank).sort_values(['_rank', 'qid'], kind='stable')['user_id'].astype(str)))
+        return users[:max_users] if max_users else users
+    if 'split' not in queries:
+        raise ValueError(f"memory_users(per_split=...) needs a 'split' column; have {list(queries.columns)}")
+    bad = {k: v for k, v in per_split.items() if k not in order or (v is not None and (not isinstance(v, int) or v < 0))}
+    if bad: raise ValueError(f"per_split: splits must be in {order} with counts None or >= 0, got {bad}")
+    users = []
+    for split in order:
+        n = per_split.get(split)
+        if n is None: continue
+        picked = seeded_query_order(queries[queries['split'] == split], seed, SPLIT_ORDER_SALT.get(split))
+        users += (picked.head(n) if n else picked)['user_id'].astype(str).tolist()
+    users = list(dict.fromkeys(users))
+    return users[:max_users] if max_users else users
+
+
+# %% ../nbs/01_data.ipynb #4d9f4ea1
+def memory_first(
+    queries: pd.DataFrame,   # the queries of one split
+    users_with_memory,       # user ids that have local memory
+    n: int = 0,              # how many to keep (0 = all)
+    seed: int = 0,           # the run's seed
+    salt: str | None = None, # the split's salt (`SPLIT_ORDER_SALT`)
+) -> pd.DataFrame:
+    "The first `n` queries in the split's seeded order, those of users with local memory first (`has_local_memory`)."
+    q = seeded_query_order(queries, seed, salt)
+    q = q.assign(has_local_memory=q['user_id'].astype(str).isin(set(map(str, users_with_memory))))
+    q = q.iloc[np.argsort(~q['has_local_memory'].to_numpy(), kind='stable')]
+    return (q.head(n) if n else q).reset_index(drop=True)
+
+
+# %% ../nbs/01_data.ipynb #ec48738f
+@dataclass(frozen=True)
+class QueryPlan:
+    "Which queries each later stage answers, and whose local memory is built for them."
+    test: pd.DataFrame        # every setting's evaluation queries (05c), by qid
+    train: pd.DataFrame       # RL training queries (06), memory users first
+    val: pd.DataFrame | None  # RL validation queries (06); None when the profile validates on none
+    memory_users: list[str]   # users whose local memory 03 builds, in priority order
+
+def plan_queries(
+    queries: pd.DataFrame,             # the data stage's queries (qid, user_id, split, ...)
+    cfg: DataConfig,                   # the profile's `[data]` table: its plan fields
+    seed: int = 0,                     # the run's seed
+    users_with_memory=None,            # the users that do have memory (the store's); None: the planned ones
+) -> QueryPlan:
+    "The run's query plan (see above): one place decides what every stage answers."
+    per_split = {'test': cfg.eval_queries, 'train': cfg.rl_train_queries, 'val': cfg.rl_val_queries or None}
+    users = memory_users(queries, per_split=per_split, seed=seed, max_users=cfg.memory_user_cap)
+    have = users if users_with_memory is None else list(users_with_memory)
+    split = lambda s: queries[queries['split'] == s]
+    test = memory_first(split('test'), have, cfg.eval_queries, seed, SPLIT_ORDER_SALT['test'])
+    train = memory_first(split('train'), have, cfg.rl_train_queries, seed, SPLIT_ORDER_SALT['train'])
+    val = memory_first(split('val'), have, cfg.rl_val_queries, seed, SPLIT_ORDER_SALT['val']) if cfg.rl_val_queries else None
+    return QueryPlan(test.sort_values('qid', kind='stable').reset_index(drop=True), train, val, users)
+
 
 # %% ../nbs/01_data.ipynb #0efbf36b
 C4_REPO = 'McAuley-Lab/Amazon-C4'
@@ -1413,7 +1501,7 @@ def prepare_data(run: Run, cfg: DataConfig | None = None, progress: bool = True)
     "Run the data stage for `run` (SynthC4 or the real data), write its artifacts to `run.data`, return the bundle."
     cfg = cfg or run.profile.section(DataConfig)
     signature = {'version': DATA_VERSION, 'synth_version': SYNTH_VERSION, 'seed': int(run.seed),
-                 **{k: _jsonable(v) for k, v in dataclasses.asdict(cfg).items()}}
+                 **{k: _jsonable(v) for k, v in dataclasses.asdict(cfg).items() if k not in PLAN_FIELDS}}
     manifest_path = run.data / 'data_manifest.json'
     if manifest_path.is_file() and read_json(manifest_path).get('signature') == signature and \
             all((run.data / f).is_file() for f in _BUNDLE_FILES.values()):

@@ -6,55 +6,16 @@
 from __future__ import annotations
 import numpy as np
 import pandas as pd
+from .metrics import DEFAULT_KS, metric_columns, metric_table, ndcg_at_k, recall_at_k
 
 # %% auto #0
-__all__ = ['DEFAULT_KS', 'TRAJECTORY_REQUIRED', 'PAPER_METRICS', 'PAPER_ROWS', 'PAPER_ONLY_T1', 'PAPER_ONLY_REASON', 'STOPWORDS',
-           'JUDGE_SYSTEM', 'JUDGE_QUESTIONS', 'MEMORY_NAMES', 'JUDGE_EXAMPLES', 'JUDGE_CONTROLS', 'MEMORY_KINDS',
-           'GLOBAL_HEADING', 'F4_QUANTITIES', 'F4_PAPER', 'F6_METRICS', 'EVAL_TABLES', 'recall_at_k', 'ndcg_at_k',
-           'metric_columns', 'metric_table', 'EvalConfig', 'TrajectoryFormatError', 'check_trajectory_record',
-           'trajectory_settings', 'read_trajectories', 'RowSpec', 'run_data_label', 'experiment_table',
-           'experiment_settings', 'experiment_specs', 'save_figure', 'pyplot_agg', 'plot_bars', 'plot_lines',
-           'content_words', 'memory_text', 'keyword_contribution', 'judge_prompt', 'parse_judgement', 'prompt_aspects',
+__all__ = ['PAPER_METRICS', 'JUDGE_SYSTEM', 'JUDGE_QUESTIONS', 'MEMORY_NAMES', 'JUDGE_EXAMPLES', 'JUDGE_CONTROLS', 'MEMORY_KINDS',
+           'GLOBAL_HEADING', 'F4_QUANTITIES', 'F4_PAPER', 'F4_PANELS', 'F6_METRICS', 'EVAL_TABLES', 'EvalConfig',
+           'RowSpec', 'run_data_label', 'experiment_table', 'save_figure', 'pyplot_agg', 'plot_bars', 'plot_lines',
+           'memory_text', 'keyword_contribution', 'judge_prompt', 'parse_judgement', 'prompt_aspects',
            'strip_entry_ids', 'contribution_inputs', 'heuristic_contribution', 'llm_contribution', 't3_table',
-           'read_reward_logs', 'f4_summary', 'curve_table', 'f6_table', 'evaluate_run', 'eval_main']
-
-# %% ../nbs/07_eval.ipynb #8e0c23fc
-DEFAULT_KS = (10, 100, 1000)
-
-def _ranks(ranks) -> np.ndarray:
-    "Ranks as float64; 0, negative or NaN (target not retrieved) all become 0."
-    r = np.asarray(ranks, dtype=np.float64)
-    return np.where(np.isfinite(r) & (r >= 1), r, 0.0)
-
-def recall_at_k(ranks, k: int) -> np.ndarray:
-    "Per-query Recall@k of a single target at 1-based `ranks` (0 = not retrieved)."
-    r = _ranks(ranks)
-    return ((r >= 1) & (r <= k)).astype(np.float64)
-
-def ndcg_at_k(ranks, k: int) -> np.ndarray:
-    "Per-query nDCG@k of a single target at 1-based `ranks` (0 = not retrieved)."
-    r = _ranks(ranks)
-    hit = (r >= 1) & (r <= k)
-    return np.where(hit, 1.0 / np.log2(np.where(hit, r, 1.0) + 1.0), 0.0)
-
-# %% ../nbs/07_eval.ipynb #d0ab68d2
-def metric_columns(ranks, ks=DEFAULT_KS) -> pd.DataFrame:
-    "Per-query metric columns `R@k` and `N@k` for every k in `ks`."
-    return pd.DataFrame({**{f'R@{k}': recall_at_k(ranks, k) for k in ks}, **{f'N@{k}': ndcg_at_k(ranks, k) for k in ks}})
-
-def metric_table(results: pd.DataFrame, by=('setting',), ks=DEFAULT_KS, per_category: bool = True) -> pd.DataFrame:
-    "Average per-query metrics of `results` (columns `rank`, `category` and `by`) into a tidy frame with an 'All' category."
-    by = list(by)
-    per_query = pd.concat([results[by + ['category']].reset_index(drop=True), metric_columns(results['rank'].to_numpy(), ks)], axis=1)
-    metrics = [c for c in per_query.columns if c not in by + ['category']]
-    overall = per_query.groupby(by, sort=False)[metrics].mean().reset_index().assign(category='All')
-    parts = [overall]
-    if per_category: parts.append(per_query.groupby(by + ['category'], sort=True)[metrics].mean().reset_index())
-    wide = pd.concat(parts, ignore_index=True)
-    n = per_query.groupby(by + ['category']).size().rename('queries').reset_index()
-    n_all = per_query.groupby(by).size().rename('queries').reset_index().assign(category='All')
-    wide = wide.merge(pd.concat([n_all, n]), on=by + ['category'])
-    return wide.melt(id_vars=by + ['category', 'queries'], var_name='metric', value_name='value')
+           'read_reward_logs', 'f4_summary', 'plot_reward_trajectories', 'curve_table', 'f6_table', 'evaluate_run',
+           'eval_main']
 
 # %% ../nbs/07_eval.ipynb #66975467
 import dataclasses, json, os, re, time
@@ -93,70 +54,6 @@ class EvalConfig:
         if not self.scaling_pool_sizes or min(self.scaling_pool_sizes) < 10: bad.append(f"scaling_pool_sizes must be >= 10, got {self.scaling_pool_sizes}")
         if self.scaling_queries < 1 or self.scaling_repeats < 1 or self.scaling_dim < 1: bad.append("scaling_queries, scaling_repeats and scaling_dim must be >= 1")
         if bad: raise ValueError('[eval] ' + '; '.join(bad))
-
-# %% ../nbs/07_eval.ipynb #8457f60a
-TRAJECTORY_REQUIRED = ('setting', 'qid', 'category', 'target_rank')
-
-class TrajectoryFormatError(ValueError):
-    "A bad trajectory record; `.path`, `.line` (1-based; 0 = the file as a whole) and `.field` say where."
-    def __init__(self, path, line: int, field: str | None, msg: str):
-        self.path, self.line, self.field = Path(path), line, field
-        super().__init__(f"{path}" + (f":{line}" if line else '') + (f": field '{field}'" if field else '') + f": {msg}")
-
-def check_trajectory_record(rec, path, line: int, setting: str | None = None) -> dict:
-    "The record with `qid` as str, `rank` (= `target_rank`) as int and `item_id` (= `target_item_id`), or `TrajectoryFormatError`."
-    if not isinstance(rec, dict): raise TrajectoryFormatError(path, line, None, f"expected a JSON object, got {type(rec).__name__}")
-    for f in TRAJECTORY_REQUIRED:
-        if f not in rec or rec[f] is None: raise TrajectoryFormatError(path, line, f, 'missing')
-    for f in ('setting', 'category'):
-        if not isinstance(rec[f], str) or not rec[f]: raise TrajectoryFormatError(path, line, f, f"must be a non-empty string, got {rec[f]!r}")
-    if setting is not None and rec['setting'] != setting:
-        raise TrajectoryFormatError(path, line, 'setting', f"{rec['setting']!r} in the file of setting {setting!r}")
-    if isinstance(rec['qid'], bool) or not isinstance(rec['qid'], (str, int)):
-        raise TrajectoryFormatError(path, line, 'qid', f"must be a string or an integer, got {rec['qid']!r}")
-    r = rec['target_rank']
-    if isinstance(r, bool) or not isinstance(r, (int, float)) or r != int(r) or r < 0:
-        raise TrajectoryFormatError(path, line, 'target_rank', f"must be an integer >= 0 (0 = not retrieved), got {r!r}")
-    mt = rec.get('memory_tokens')
-    if mt is not None and (isinstance(mt, bool) or not isinstance(mt, (int, float)) or mt < 0):
-        raise TrajectoryFormatError(path, line, 'memory_tokens', f"must be a number >= 0, got {mt!r}")
-    for f in ('profile', 'memory_text', 'query', 'target_item_id'):
-        if rec.get(f) is not None and not isinstance(rec[f], str): raise TrajectoryFormatError(path, line, f, f"must be a string or null, got {type(rec[f]).__name__}")
-    if rec.get('messages') is not None and not isinstance(rec['messages'], list):
-        raise TrajectoryFormatError(path, line, 'messages', f"must be a list of messages, got {type(rec['messages']).__name__}")
-    return {**rec, 'qid': str(rec['qid']), 'rank': int(r), 'item_id': rec.get('target_item_id')}
-
-def trajectory_settings(folder) -> tuple[list[str], list[str]]:
-    "(finished, unfinished) setting names under `folder`: finished = both `<name>.jsonl` and `<name>.json` exist."
-    folder = Path(folder)
-    if not folder.is_dir(): return [], []
-    recs = {p.name[:-len('.jsonl')] for p in folder.glob('*.jsonl')}
-    done = {p.stem for p in folder.glob('*.json')}
-    return sorted(recs & done), sorted(recs - done)
-
-def read_trajectories(folder, settings=None) -> pd.DataFrame:
-    "Every record of the finished settings under `folder` (optionally only `settings`), checked, with `file` and `line`; empty if none."
-    rows = []
-    for name in trajectory_settings(folder)[0]:
-        if settings is not None and name not in settings: continue
-        path, summary_path = Path(folder) / f'{name}.jsonl', Path(folder) / f'{name}.json'
-        try: expected = read_json(summary_path).get('summary', {}).get('queries')
-        except (json.JSONDecodeError, AttributeError) as e: raise TrajectoryFormatError(summary_path, 0, None, f"not a setting summary: {e}") from None
-        seen, n_before = {}, len(rows)
-        try:
-            with open(path, encoding='utf-8') as f:
-                for n, line in enumerate(f, 1):
-                    if not line.strip(): continue
-                    try: rec = json.loads(line)
-                    except json.JSONDecodeError as e: raise TrajectoryFormatError(path, n, None, f"not valid JSON: {e}") from None
-                    rec = check_trajectory_record(rec, path, n, name)
-                    if rec['qid'] in seen: raise TrajectoryFormatError(path, n, 'qid', f"second record of query {rec['qid']!r} (first on line {seen[rec['qid']]})")
-                    seen[rec['qid']] = n
-                    rows.append({**rec, 'file': str(path), 'line': n})
-        except UnicodeDecodeError as e: raise TrajectoryFormatError(path, 0, None, f"not UTF-8 text: {e}") from None
-        if expected is not None and expected != len(rows) - n_before:
-            raise TrajectoryFormatError(path, 0, None, f"{len(rows) - n_before} records, but its summary {summary_path.name} says {expected} queries")
-    return pd.DataFrame(rows) if rows else pd.DataFrame(columns=[*TRAJECTORY_REQUIRED, 'rank', 'item_id', 'file', 'line'])
 
 # %% ../nbs/07_eval.ipynb #253e87b0
 @dataclass(frozen=True)
@@ -216,44 +113,6 @@ def experiment_table(traj: pd.DataFrame, rows: list[RowSpec], paper: pd.DataFram
     return pd.DataFrame(out, columns=[*label_cols, 'setting', 'category', 'queries', *[c for m in metrics for c in (m, f'{m} (paper)')],
                                       'paper row', 'data', 'note'])
 
-# %% ../nbs/07_eval.ipynb #c54d9532
-PAPER_ROWS = {
-    ('T1', 'dense retriever, query only (BLAIR-style)'): ({'memory_setting': 'none', 'model': 'BLAIR-BASE'}, 'BLAIR-BASE (none)'),
-    ('T1', 'LLM, no memory (Rec-R1-style expansion)'): ({'memory_setting': 'none', 'model': 'Qwen2.5-3B'}, 'Qwen2.5-3B (none)'),
-    ('T1', 'LLM, naive memory (latest 10)'): ({'memory_setting': 'naive', 'model': 'Qwen2.5-3B'}, 'Qwen2.5-3B (naive)'),
-    ('T1', 'LLM, static memory (summary)'): ({'memory_setting': 'static', 'model': 'Qwen2.5-3B'}, 'Qwen2.5-3B (static)'),
-    ('T1', 'MR.Rec'): ({'memory_setting': 'mrrec', 'model': 'MR.Rec'}, 'MR.Rec'),
-    **{('T2', v): ({'variant': v}, v) for v in ('w/o local memory', 'w/ behavior records', 'w/ preference patterns',
-                                               'w/ user profile', 'w/ records+patterns+profile')},
-    ('F3', 'w/o local'): ({'variant': 'w/o local memory'}, 'Table 2: w/o local memory'),
-    ('F3', 'full'): ({'variant': 'w/ records+patterns+profile'}, 'Table 2: all three (= MR.Rec)'),
-    ('F6', 'k=3'): ({'memory_setting': 'mrrec', 'model': 'MR.Rec'}, 'Table 1: MR.Rec (k = 3)'),
-}
-PAPER_ONLY_T1 = [(m, model) for m in ('none', 'naive', 'static') for model in ('GPT-4o', 'DeepSeek-R1', 'Rec-R1')] + [('none', 'BLAIR-LARGE')]
-PAPER_ONLY_REASON = {'GPT-4o': 'API model, not run here', 'DeepSeek-R1': 'API model, not run here',
-                     'Rec-R1': 'RL-trained query generator, not run here', 'BLAIR-LARGE': 'BLAIR checkpoint, not run here'}
-
-def experiment_settings(available=(), agent_cfg=None) -> pd.DataFrame:
-    "Every row (experiment, row, setting) of the tables and figures, available or not: a row takes `<setting>_rl` when that is `available`."
-    from mrrec.retrieval import EXPERIMENT_ROWS, AgentConfig
-    cfg, have = agent_cfg or AgentConfig(), set(available)
-    rows = list(EXPERIMENT_ROWS) + [('F6', f'k={k}', 'mrrec' if k == cfg.memory_top_k else f'mrrec_k{k}', True) for k in cfg.f6_top_k]
-    return pd.DataFrame([{'experiment': e, 'row': r, 'setting': f'{n}_rl' if pref and f'{n}_rl' in have else n} for e, r, n, pref in rows],
-                        columns=['experiment', 'row', 'setting'])
-
-def experiment_specs(experiment: str, available=(), agent_cfg=None, label: str = 'row') -> list[RowSpec]:
-    "The RowSpecs of one experiment ('T1', 'T2', 'F3', 'F5', 'F6'), with their paper rows."
-    out = []
-    for r in experiment_settings(available, agent_cfg).query('experiment == @experiment').itertuples():
-        paper, plabel = PAPER_ROWS.get((experiment, r.row), (None, ''))
-        note = "needs the RL stage's trained policy" if r.setting.endswith('_rl') else ''
-        out.append(RowSpec(r.setting, {label: r.row}, paper, plabel, note))
-    if experiment == 'T1':
-        words = {'none': 'no memory', 'naive': 'naive memory', 'static': 'static memory'}
-        out += [RowSpec(None, {label: f'{model}, {words[m]} (paper only)'}, {'memory_setting': m, 'model': model}, f'{model} ({m})', PAPER_ONLY_REASON[model])
-                for m, model in PAPER_ONLY_T1]
-    return out
-
 # %% ../nbs/07_eval.ipynb #cdce4541
 def save_figure(fig, path) -> Path:
     "Write a matplotlib figure as PNG to `path`, atomically, and close it."
@@ -310,22 +169,6 @@ def plot_lines(table: pd.DataFrame, x: str, series: str, metrics, path, title: s
     return save_figure(fig, path)
 
 # %% ../nbs/07_eval.ipynb #cb049537
-STOPWORDS = frozenset("""a about above after again against all also am an and any are as at be because been before being
-below between both but by can could did do does doing down during each either few for from further had has have having he
-her here hers him his how i if in into is it its itself just me more most my no nor not now of off on once only or other
-our out over own same she should so some such than that the their them then there these they this those through to too
-under until up very was we were what when where which while who whom why will with would you your yours yourself
-item items product products user users buy buys bought purchase purchased purchases like likes liked prefer prefers
-preferred preference preferences want wants need needs good great nice well really one use used uses using""".split())
-
-def content_words(text) -> set[str]:
-    "Lower-cased content words of `text` (3+ characters, not a stopword or a number), a plural -s folded."
-    out = set()
-    for w in re.findall(r'[a-z0-9]+', str(text or '').lower()):
-        if len(w) < 3 or w.isdigit() or w in STOPWORDS: continue
-        out.add(w[:-1] if len(w) > 4 and w.endswith('s') and not w.endswith('ss') else w)
-    return out
-
 def memory_text(value) -> str:
     "The text of a memory field of a trajectory: a string, a list of entries (dicts with `text`, or strings), or a mapping."
     if value is None or (isinstance(value, float) and np.isnan(value)): return ''
@@ -344,7 +187,7 @@ def keyword_contribution(memories, others, queries, min_overlap: int = 1) -> np.
     return np.array(out, dtype=float)
 
 # %% ../nbs/07_eval.ipynb #0ccb2c81
-from .local_memory import parse_llm_json
+from .text import parse_llm_json
 
 JUDGE_SYSTEM = "You check whether a shopping assistant's memory was useful. Answer with JSON only."
 JUDGE_QUESTIONS = {
@@ -566,6 +409,31 @@ def f4_summary(log: pd.DataFrame, data_label: str = '') -> pd.DataFrame:
                          'paper (Fig. 4)': F4_PAPER.get((variant, q), ''), 'data': data_label, 'note': '' if len(v) else 'not logged'})
     return pd.DataFrame(rows, columns=cols)
 
+# %% ../nbs/07_eval.ipynb #a02c093d
+F4_PANELS = (('format_reward', 'format reward'), ('memory_reward', 'memory reward'),
+             ('rec_reward', 'recommendation reward\n5 (nDCG@100 + nDCG@1000)'), ('recall', 'Recall@100 (batch)'))
+
+def plot_reward_trajectories(log: pd.DataFrame, path: str | os.PathLike, title: str = 'F4: reward trajectories in RL') -> Path:
+    "Write the F4 figure (PNG) from a reward log (`read_reward_log`)."
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+    fig, axes = plt.subplots(1, len(F4_PANELS), figsize=(4 * len(F4_PANELS), 3.4))
+    for ax, (col, name) in zip(axes, F4_PANELS):
+        for variant, g in log.groupby('variant', sort=False):
+            tr, va = g[g.split == 'train'].sort_values('step'), g[g.split == 'val'].sort_values('step')
+            line, = ax.plot(tr.step, tr[col], '.-', label=f'{variant} (train batch)', lw=1.5)
+            if len(va): ax.plot(va.step, va[col], 'o--', color=line.get_color(), label=f'{variant} (validation)')
+        ax.set_title(name, fontsize=10); ax.set_xlabel('RL step'); ax.grid(alpha=.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title, fontsize=11); fig.tight_layout()
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path, 'wb', encoding=None) as f: fig.savefig(f, format='png', dpi=110)
+    plt.close(fig)
+    return path
+
 # %% ../nbs/07_eval.ipynb #d90e2190
 def curve_table(traj: pd.DataFrame, rows: list[RowSpec], ks=(10, 20, 50, 100, 200, 500, 1000), data_label: str = '') -> pd.DataFrame:
     "R@k and N@k for each k, one line per row's setting (labelled by the row's first label); missing settings get a note row."
@@ -651,7 +519,6 @@ def evaluate_run(run: Run, cfg: EvalConfig | None = None, judge_llm=None, progre
     log = read_reward_logs(run.logs)
     t['f4_reward_summary'] = f4_summary(log, label)
     if len(log) and not (run.figures / 'f4_reward_trajectories.png').exists():   # 06_rl draws it; redraw only if it is gone
-        from mrrec.rl import plot_reward_trajectories
         plot_reward_trajectories(log, run.figures / 'f4_reward_trajectories.png', f'F4: reward trajectories in RL, on {label}')
 
     t['f5_retrievers'] = curve_table(traj, specs('F5'), cfg.curve_ks, label)

@@ -12,7 +12,9 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 from .core import atomic_write, read_json, read_parquet, stable_hash, write_json, write_parquet
-from .local_memory import (GenOut, LazyLLM, category_slug, embed_texts, generate_batch, model_id, parse_llm_json)
+from .llm import GenOut, LazyLLM, embed_texts, generate_batch, model_id
+from .local_memory import category_slug
+from .text import parse_llm_json
 
 # %% auto #0
 __all__ = ['GLOBAL_PROMPT_VERSION', 'QUERY_COLUMNS', 'POOL_COLUMNS', 'ASPECT_INSTRUCTIONS', 'EXAMPLE_CASE', 'EXAMPLE_ANSWER',

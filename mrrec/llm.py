@@ -25,7 +25,8 @@ __all__ = ['LLM_BACKENDS', 'API_DIALECTS', 'DTYPES', 'LLM_ALIASES', 'EMBED_ALIAS
            'resolve_device', 'resolve_dtype', 'model_cache_root', 'converted_gguf_folder', 'local_model_folder',
            'shared_prefix_length', 'TransformersLLM', 'LLMRequestError', 'retry_after_seconds', 'OpenAICompatibleLLM',
            'load_llm', 'run_ledger', 'load_llm_for_run', 'text_hash', 'EmbeddingStore', 'Embedder', 'load_embedder',
-           'load_embedder_for_run', 'bench_llm', 'bench_llm_main']
+           'load_embedder_for_run', 'bench_llm', 'bench_llm_main', 'GenOut', 'generate_batch', 'model_id',
+           'llm_identity', 'LazyLLM', 'embed_texts']
 
 # %% ../nbs/02_llm.ipynb #7e0ac79e
 LLM_BACKENDS = ('transformers', 'openai')
@@ -1047,3 +1048,63 @@ def bench_llm_main(argv: list[str] | None = None) -> int:
     print(f"batched / one-at-a-time tokens/s: {df.tokens_per_s.iloc[1] / df.tokens_per_s.iloc[0]:.2f}x; "
           f"identical greedy texts: {df.attrs['same_text']}/{a.n}")
     return 0
+
+# %% ../nbs/02_llm.ipynb #0c8ad98b
+@dataclass
+class GenOut:
+    "One generation as the memory builders use it."
+    text: str
+    input_tokens: int = 0
+    output_tokens: int = 0
+    time_s: float = 0.0        # this prompt's share of the batch call's wall time
+    truncated: bool = False
+    cached: bool = False
+
+def generate_batch(llm, conversations: list[list[dict]], stage: str, max_new_tokens: int) -> list[GenOut]:
+    "Generate one answer per conversation in a single batched call of `llm.generate`; never raises on bad answers."
+    if not conversations: return []
+    t0 = time.perf_counter()
+    outs = llm.generate(conversations, max_new_tokens=max_new_tokens, stage=stage)
+    share = (time.perf_counter() - t0) / len(conversations)
+    if len(outs) != len(conversations):
+        raise RuntimeError(f"{type(llm).__name__}.generate returned {len(outs)} answers for {len(conversations)} prompts (stage {stage})")
+    res = []
+    for o in outs:
+        text = o if isinstance(o, str) else getattr(o, 'text', '') or ''
+        res.append(GenOut(text=text, input_tokens=int(getattr(o, 'input_tokens', 0) or 0),
+                          output_tokens=int(getattr(o, 'output_tokens', 0) or 0), time_s=share,
+                          truncated=bool(getattr(o, 'truncated', False)), cached=bool(getattr(o, 'cached', False))))
+    return res
+
+def model_id(obj, default: str = '') -> str:
+    "A name for the model behind an LLM or embedder object (part of a store's fingerprint)."
+    if obj is None: return default or 'none'
+    for a in ('model_id', 'model_name', 'name'):
+        v = getattr(obj, a, None)
+        if isinstance(v, str) and v: return v
+    cfg_model = getattr(getattr(obj, 'cfg', None), 'model', None)     # mrrec.llm.Embedder: configured model + its key
+    if isinstance(cfg_model, str): return f"{cfg_model}|{getattr(obj, 'model_key', '')}"
+    return default or type(obj).__name__
+
+def llm_identity(cfg) -> str:
+    "What determines an LLM's answers, from its config alone (so a finished store is recognised without loading the model)."
+    ident = '|'.join(str(getattr(cfg, k, '')) for k in ('backend', 'model', 'gguf_file', 'dtype', 'temperature', 'top_p'))
+    rp = getattr(cfg, 'repetition_penalty', 1.0)
+    return ident if rp == 1.0 else f"{ident}|rp={rp}"     # the neutral value leaves older identities (and stores) valid
+
+class LazyLLM:
+    "Loads the LLM from `factory()` on the first `generate`, so a build with nothing left to generate never loads it."
+    def __init__(self, factory): self.factory, self.llm = factory, None
+    def generate(self, *args, **kwargs):
+        if self.llm is None: self.llm = self.factory()
+        return self.llm.generate(*args, **kwargs)
+    @property
+    def loaded(self) -> bool: return self.llm is not None
+
+def embed_texts(embedder, texts: list[str], kind: str = 'document', stage: str | None = None) -> np.ndarray:
+    "L2-normalised float32 embeddings of `texts` (an empty list gives a 0-row array); `stage` labels the ledger row when supported."
+    if not texts: return np.zeros((0, 0), np.float32)
+    kw = {'stage': stage} if stage and 'stage' in inspect.signature(embedder.encode).parameters else {}
+    e = np.asarray(embedder.encode(list(texts), kind=kind, **kw), dtype=np.float32)
+    if e.ndim != 2 or len(e) != len(texts): raise RuntimeError(f"embedder returned shape {e.shape} for {len(texts)} texts")
+    return e

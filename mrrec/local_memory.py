@@ -12,108 +12,18 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 from .core import atomic_write, read_json, read_parquet, stable_hash, write_json, write_parquet
+from .llm import GenOut, LazyLLM, embed_texts, generate_batch, llm_identity, model_id
+from .text import parse_llm_json
 
 # %% auto #0
-__all__ = ['LOCAL_LEVELS', 'BASELINE_KINDS', 'PROMPT_VERSION', 'T2_VARIANTS', 'HISTORY_COLUMNS', 'SPLIT_ORDER_SALT',
-           'SYSTEM_PROMPT', 'PATTERN_HEAD', 'PATTERN_TASK', 'PROFILE_HEAD', 'PROFILE_TASK', 'STATIC_HEAD',
-           'STATIC_TASK', 'EXAMPLE_RECORDS', 'EXAMPLE_PATTERNS', 'EXAMPLE_PROFILE', 'EXAMPLE_STATIC', 'PROMPT_ECHO',
-           'ENTRY_COLUMNS', 'ACCOUNTING_COLUMNS', 'ParsedJSON', 'parse_llm_json', 'LocalMemoryConfig', 'category_slug',
-           'entry_id', 'parse_entry_id', 'collapse_repeats', 'chunk_text', 'check_history', 'record_text',
-           'user_histories', 'seeded_query_order', 'memory_users', 'stage_query_counts', 'planned_memory_users',
-           'pattern_prompt', 'profile_prompt', 'static_prompt', 'naive_memory_text', 'GenOut', 'generate_batch',
-           'model_id', 'llm_identity', 'LazyLLM', 'embed_texts', 'assemble_user', 'local_fingerprint', 'user_key',
-           'commit_user', 'load_user', 'committed_users', 'LocalBuildReport', 'build_local_memory',
-           'consolidate_local_memory', 'LocalMemory', 'accounting_row', 'local_accounting', 'mentions',
-           'preference_coverage']
-
-# %% ../nbs/03_local_memory.ipynb #83df815e
-_FENCE_RE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[ \t]*\n?(.*?)(?:```|\Z)", re.S)
-_SMART_QUOTES = str.maketrans({'\u201c': '"', '\u201d': '"', '\u201e': '"', '\u2018': "'", '\u2019': "'"})
-
-@dataclass(frozen=True)
-class ParsedJSON:
-    "What `parse_llm_json` made of one LLM answer: the value (None if nothing usable) and how it was obtained."
-    value: typing.Any
-    how: str              # 'strict' | 'fenced' | 'embedded' | 'repaired' | 'partial' | 'failed'
-    error: str | None = None
-    @property
-    def ok(self) -> bool: return self.how != 'failed'
-
-def _fenced_blocks(text: str) -> list[str]:
-    "Contents of Markdown code fences, first to last (an unclosed last fence runs to the end)."
-    return [m.group(2) for m in _FENCE_RE.finditer(text) if m.group(2).strip()]
-
-def _repair(s: str) -> str:
-    "Cheap textual repairs of near-JSON that small models write: smart quotes, Python literals, trailing commas, comments."
-    s = s.translate(_SMART_QUOTES)
-    s = re.sub(r'(?m)^\s*//.*$', '', s)
-    s = re.sub(r'\bTrue\b', 'true', re.sub(r'\bFalse\b', 'false', re.sub(r'\bNone\b', 'null', s)))
-    s = re.sub(r",\s*([}\]])", r"\1", s)
-    if '"' not in s and "'" in s: s = s.replace("'", '"')   # a Python-style dict with single quotes only
-    return s
-
-def _close_partial(s: str) -> str | None:
-    "Complete JSON cut off mid-way (an output truncated by the token limit): close the open string and brackets, dropping a dangling key or comma."
-    stack, in_str, esc = [], False, False
-    for ch in s:
-        if in_str:
-            if esc: esc = False
-            elif ch == '\\': esc = True
-            elif ch == '"': in_str = False
-        elif ch == '"': in_str = True
-        elif ch in '{[': stack.append('}' if ch == '{' else ']')
-        elif ch in '}]':
-            if not stack or stack[-1] != ch: return None
-            stack.pop()
-    if not stack and not in_str: return None      # nothing was cut off: not a partial document
-    if in_str: s = s[:s.rfind('"')]                # a string cut off mid-way is not a value: drop it
-    s = s.rstrip()
-    s = re.sub(r'[,:]\s*$', '', s)                   # a dangling comma or "key":
-    if stack and stack[-1] == '}':                   # a key without a value: {"a": 1, "b"
-        s = re.sub(r',\s*"(?:[^"\\]|\\.)*"\s*$', '', s)
-        s = re.sub(r'\{\s*"(?:[^"\\]|\\.)*"\s*$', '{', s)
-    return s + ''.join(reversed(stack))
-
-def _complete_at(s: str, kinds: tuple) -> tuple[typing.Any, str] | None:
-    "A JSON value of a wanted type starting at s[0]: as it is, after textual repairs, or closed if it was cut off."
-    dec = json.JSONDecoder()
-    for how, c in (('as-is', s), ('repaired', _repair(s))):
-        try:
-            v, _ = dec.raw_decode(c)
-            if isinstance(v, kinds): return v, how
-        except json.JSONDecodeError: pass
-    c = _repair(s)
-    for _ in range(40):                       # back off to earlier commas while the tail is too broken to close
-        closed = _close_partial(c)
-        if closed is None: return None        # balanced but invalid: not a cut-off document
-        try:
-            v = json.loads(closed)
-            if isinstance(v, kinds): return v, 'partial'
-        except json.JSONDecodeError: pass
-        cut = max(c.rfind(',', 0, len(c) - 1), c.rfind('{', 0, len(c) - 1), c.rfind('[', 0, len(c) - 1))
-        if cut <= 0: return None
-        c = c[:cut + 1] if c[cut] in '[{' else c[:cut]
-    return None
-
-def parse_llm_json(text: str | None, expect: type | tuple | None = None, max_starts: int = 32) -> ParsedJSON:
-    """Parse the JSON in an LLM answer tolerantly: code fences, prose around it, near-JSON (smart quotes, trailing commas,
-    Python literals, comments) and output cut off by the token limit. Never raises: what cannot be parsed is
-    `how='failed'` with the reason in `error`. `expect` is the wanted type(s) (default dict or list)."""
-    kinds = expect if isinstance(expect, tuple) else (expect,) if expect else (dict, list)
-    if not isinstance(text, str) or not text.strip(): return ParsedJSON(None, 'failed', 'empty answer')
-    t = text.strip()
-    try:
-        v = json.loads(t)
-        if isinstance(v, kinds): return ParsedJSON(v, 'strict')
-    except json.JSONDecodeError: pass
-    # Fenced blocks first (the model's own marking of its JSON), then the whole answer; in each, opening brackets
-    # from the outermost in, so a truncated outer object is completed rather than replaced by a fragment inside it.
-    for where, c in [('fenced', b) for b in _fenced_blocks(t)] + [('embedded', t)]:
-        for m in list(re.finditer(r'[\[{]', c))[:max_starts]:
-            got = _complete_at(c[m.start():], kinds)
-            if got: return ParsedJSON(got[0], where if got[1] == 'as-is' else got[1])
-    want = '/'.join(k.__name__ for k in kinds)
-    return ParsedJSON(None, 'failed', f'no JSON {want} found in {len(t)} characters: {t[:80]!r}')
+__all__ = ['LOCAL_LEVELS', 'BASELINE_KINDS', 'PROMPT_VERSION', 'T2_VARIANTS', 'HISTORY_COLUMNS', 'SYSTEM_PROMPT', 'PATTERN_HEAD',
+           'PATTERN_TASK', 'PROFILE_HEAD', 'PROFILE_TASK', 'STATIC_HEAD', 'STATIC_TASK', 'EXAMPLE_RECORDS',
+           'EXAMPLE_PATTERNS', 'EXAMPLE_PROFILE', 'EXAMPLE_STATIC', 'PROMPT_ECHO', 'ENTRY_COLUMNS',
+           'ACCOUNTING_COLUMNS', 'LocalMemoryConfig', 'category_slug', 'entry_id', 'parse_entry_id', 'collapse_repeats',
+           'chunk_text', 'check_history', 'record_text', 'user_histories', 'pattern_prompt', 'profile_prompt',
+           'static_prompt', 'naive_memory_text', 'assemble_user', 'local_fingerprint', 'user_key', 'commit_user',
+           'load_user', 'committed_users', 'LocalBuildReport', 'build_local_memory', 'consolidate_local_memory',
+           'LocalMemory', 'accounting_row', 'local_accounting', 'mentions', 'preference_coverage']
 
 # %% ../nbs/03_local_memory.ipynb #b0d5cd9b
 LOCAL_LEVELS = ('record', 'pattern', 'profile')
@@ -149,7 +59,6 @@ class LocalMemoryConfig:
     chunk_max_words: int = 40                       # a chunk longer than this is split at clause boundaries
     chunk_min_words: int = 3                        # a shorter fragment is merged into its neighbour
     user_batch: int = 16                            # users whose prompts go to the LLM together
-    max_users: int = 0                              # cap on the users the later stages use (0 = no cap; evaluated users first)
     top_k: int = 3                                  # default number of entries `retrieve` returns (paper: 3)
     one_shot: bool = True                           # one worked example before each prompt (small models need it; the paper's prompts are zero-shot)
 
@@ -158,7 +67,6 @@ class LocalMemoryConfig:
         if bad: raise ValueError(f"[local_memory]: unknown level/baseline {bad}; levels are {LOCAL_LEVELS}, baselines {BASELINE_KINDS}")
         for k in ('pattern_max_records', 'prompt_budget_chars', 'naive_n', 'chunk_max_words', 'user_batch', 'top_k'):
             if getattr(self, k) < 1: raise ValueError(f"[local_memory]: {k} must be >= 1, got {getattr(self, k)}")
-        if self.max_users < 0: raise ValueError(f"[local_memory]: max_users must be >= 0 (0 = no cap), got {self.max_users}")
 
 # %% ../nbs/03_local_memory.ipynb #cea5accf
 def category_slug(category: str) -> str:
@@ -276,51 +184,6 @@ def user_histories(histories: pd.DataFrame, queries: pd.DataFrame) -> pd.DataFra
     keep = [(str(u), str(i)) not in targets for u, i in zip(h['user_id'], h['item_id'])]
     return h[keep].reset_index(drop=True)
 
-# the salt of each split's seeded order: the retrieval stage's evaluation_queries (test) and the RL stage's rl_queries (train, val)
-SPLIT_ORDER_SALT = {'test': None, 'val': 'rl', 'train': 'rl'}
-
-def seeded_query_order(queries: pd.DataFrame, seed: int = 0, salt: str | None = None) -> pd.DataFrame:
-    "`queries` in a seeded order that depends only on (seed, salt, qid): a stable sample of n queries is its first n rows."
-    keys = [stable_hash(seed, str(q)) if salt is None else stable_hash(seed, salt, str(q)) for q in queries['qid']]
-    return queries.iloc[np.argsort(np.array(keys, dtype=object), kind='stable')] if len(queries) else queries
-
-def memory_users(queries: pd.DataFrame, order: tuple[str, ...] = ('test', 'val', 'train'), max_users: int = 0,
-                 per_split: dict | None = None, seed: int = 0) -> list[str]:
-    """Users whose local memory is built, in priority order; at most `max_users` (0 = no cap).
-    `per_split` None: every user with a query, those of the first split in `order` first (then by qid).
-    `per_split` {split: n}: the users of the first n queries (n = 0: all) of each split in `seeded_query_order`, splits in
-    `order`; a split that is absent or maps to None contributes nobody."""
-    if per_split is None:
-        q = queries.assign(_rank=queries['split'].map({s: i for i, s in enumerate(order)}).fillna(len(order)) if 'split' in queries else 0)
-        users = list(dict.fromkeys(q.sort_values(['_rank', 'qid'], kind='stable')['user_id'].astype(str)))
-    else:
-        if 'split' not in queries: raise ValueError(f"memory_users(per_split=...) needs a 'split' column; have {list(queries.columns)}")
-        bad = {k: v for k, v in per_split.items() if k not in order or (v is not None and (not isinstance(v, int) or v < 0))}
-        if bad: raise ValueError(f"per_split: splits must be in {order} with counts None or >= 0, got {bad}")
-        users = []
-        for split in order:
-            n = per_split.get(split)
-            if n is None: continue
-            picked = seeded_query_order(queries[queries['split'] == split], seed, SPLIT_ORDER_SALT.get(split))
-            users += (picked.head(n) if n else picked)['user_id'].astype(str).tolist()
-        users = list(dict.fromkeys(users))
-    return users[:max_users] if max_users else users
-
-def stage_query_counts(profile) -> dict[str, int | None]:
-    "Queries per split that the later stages answer, from the profile's raw `[agent]` / `[rl]` tables (see above)."
-    agent, rl = profile.tables.get('agent', {}), profile.tables.get('rl', {})
-    def count(table, section, key):
-        v = table.get(key, 0)
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            raise ValueError(f"{profile.path} [{section}] {key}: must be an integer >= 0, got {v!r}")
-        return v
-    return {'test': count(agent, 'agent', 'max_queries'), 'train': count(rl, 'rl', 'train_queries'),
-            'val': count(rl, 'rl', 'val_queries') or None}
-
-def planned_memory_users(profile, queries: pd.DataFrame, max_users: int | None = None) -> list[str]:
-    "The users whose local memory the run's later stages use (`stage_query_counts`, the profile's seed), capped by `[local_memory] max_users`."
-    cap = profile.section(LocalMemoryConfig).max_users if max_users is None else max_users
-    return memory_users(queries, per_split=stage_query_counts(profile), seed=profile.seed, max_users=cap)
 
 # %% ../nbs/03_local_memory.ipynb #e8164409
 def _records_block(recs: pd.DataFrame, max_records: int, budget_chars: int, meta_chars: int, review_chars: int) -> tuple[str, int]:
@@ -403,66 +266,6 @@ def naive_memory_text(recs: pd.DataFrame, n: int = 10, meta_chars: int = 240, re
     "The naive T1 memory: the user's latest `n` interactions as text, oldest first."
     return '\n'.join(record_text(r, meta_chars, review_chars) for _, r in recs.tail(n).iterrows())
 
-# %% ../nbs/03_local_memory.ipynb #0c8ad98b
-@dataclass
-class GenOut:
-    "One generation as the memory builders use it."
-    text: str
-    input_tokens: int = 0
-    output_tokens: int = 0
-    time_s: float = 0.0        # this prompt's share of the batch call's wall time
-    truncated: bool = False
-    cached: bool = False
-
-def generate_batch(llm, conversations: list[list[dict]], stage: str, max_new_tokens: int) -> list[GenOut]:
-    "Generate one answer per conversation in a single batched call of `llm.generate`; never raises on bad answers."
-    if not conversations: return []
-    t0 = time.perf_counter()
-    outs = llm.generate(conversations, max_new_tokens=max_new_tokens, stage=stage)
-    share = (time.perf_counter() - t0) / len(conversations)
-    if len(outs) != len(conversations):
-        raise RuntimeError(f"{type(llm).__name__}.generate returned {len(outs)} answers for {len(conversations)} prompts (stage {stage})")
-    res = []
-    for o in outs:
-        text = o if isinstance(o, str) else getattr(o, 'text', '') or ''
-        res.append(GenOut(text=text, input_tokens=int(getattr(o, 'input_tokens', 0) or 0),
-                          output_tokens=int(getattr(o, 'output_tokens', 0) or 0), time_s=share,
-                          truncated=bool(getattr(o, 'truncated', False)), cached=bool(getattr(o, 'cached', False))))
-    return res
-
-def model_id(obj, default: str = '') -> str:
-    "A name for the model behind an LLM or embedder object (part of a store's fingerprint)."
-    if obj is None: return default or 'none'
-    for a in ('model_id', 'model_name', 'name'):
-        v = getattr(obj, a, None)
-        if isinstance(v, str) and v: return v
-    cfg_model = getattr(getattr(obj, 'cfg', None), 'model', None)     # mrrec.llm.Embedder: configured model + its key
-    if isinstance(cfg_model, str): return f"{cfg_model}|{getattr(obj, 'model_key', '')}"
-    return default or type(obj).__name__
-
-def llm_identity(cfg) -> str:
-    "What determines an LLM's answers, from its config alone (so a finished store is recognised without loading the model)."
-    ident = '|'.join(str(getattr(cfg, k, '')) for k in ('backend', 'model', 'gguf_file', 'dtype', 'temperature', 'top_p'))
-    rp = getattr(cfg, 'repetition_penalty', 1.0)
-    return ident if rp == 1.0 else f"{ident}|rp={rp}"     # the neutral value leaves older identities (and stores) valid
-
-class LazyLLM:
-    "Loads the LLM from `factory()` on the first `generate`, so a build with nothing left to generate never loads it."
-    def __init__(self, factory): self.factory, self.llm = factory, None
-    def generate(self, *args, **kwargs):
-        if self.llm is None: self.llm = self.factory()
-        return self.llm.generate(*args, **kwargs)
-    @property
-    def loaded(self) -> bool: return self.llm is not None
-
-def embed_texts(embedder, texts: list[str], kind: str = 'document', stage: str | None = None) -> np.ndarray:
-    "L2-normalised float32 embeddings of `texts` (an empty list gives a 0-row array); `stage` labels the ledger row when supported."
-    if not texts: return np.zeros((0, 0), np.float32)
-    kw = {'stage': stage} if stage and 'stage' in inspect.signature(embedder.encode).parameters else {}
-    e = np.asarray(embedder.encode(list(texts), kind=kind, **kw), dtype=np.float32)
-    if e.ndim != 2 or len(e) != len(texts): raise RuntimeError(f"embedder returned shape {e.shape} for {len(texts)} texts")
-    return e
-
 # %% ../nbs/03_local_memory.ipynb #4a35522d
 ENTRY_COLUMNS = ('entry_id', 'user_id', 'level', 'category', 'chunk', 'text')
 
@@ -489,8 +292,8 @@ def assemble_user(user_id: str, recs: pd.DataFrame, patterns: dict[str, GenOut],
 
 # %% ../nbs/03_local_memory.ipynb #35f99d50
 def local_fingerprint(cfg: LocalMemoryConfig, llm_id: str, embedder_id: str) -> str:
-    "Hash of everything that shapes a user's stored memory (not `user_batch`, `top_k`, `max_users`, which do not)."
-    d = dataclasses.asdict(cfg); d.pop('user_batch'); d.pop('top_k'); d.pop('max_users')
+    "Hash of everything that shapes a user's stored memory (not `user_batch`, `top_k`, which do not)."
+    d = dataclasses.asdict(cfg); d.pop('user_batch'); d.pop('top_k');
     return stable_hash(PROMPT_VERSION, d, llm_id, embedder_id, n=12)
 
 def user_key(user_id: str) -> str:

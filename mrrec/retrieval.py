@@ -24,19 +24,21 @@ __all__ = ['DENSE_INDEX_KINDS', 'PAD_ROW', 'TOKEN_PATTERN', 'STOPWORD_LISTS', 'B
            'MEMORY_TOOL_NAME', 'NO_MEMORY_TEXT', 'TOOL_CALL_PREFIX', 'ANSWER_KEYS', 'ANSWER_STATUSES', 'ANSWER_PREFIX',
            'ANSWER_FORMAT', 'EXPANSION_FORMAT', 'PASTED_SYSTEM', 'EXPANSION_SYSTEM', 'EXAMPLE_REQUEST',
            'EXAMPLE_ASPECTS', 'EXAMPLE_MEMORY', 'EXAMPLE_PROFILE', 'EXAMPLE_EXPANSION', 'EXPANSION_MEMORY_HEADS',
-           'SETTING_METHODS', 'EXPERIMENT_ROWS', 'AGENT_VERSION', 'TRAJECTORY_COLUMNS', 'RetrievalConfig',
-           'SearchResult', 'empty_result', 'item_rows', 'target_ranks', 'select_top_k', 'sort_lists', 'rankings_match',
-           'bm25_tokenize', 'BM25Index', 'RankBM25Index', 'faiss_threads', 'unit_rows', 'build_faiss_index',
-           'DenseIndex', 'Retriever', 'RetrieverSpec', 'register_retriever', 'pool_texts', 'content_digest',
-           'make_retriever', 'bench_retrieval_main', 'AgentConfig', 'format_memory_entries', 'lookup_memory',
-           'MemoryTool', 'memory_tool_schema', 'memory_tool_fn', 'format_tool_call', 'tool_call_aspects',
-           'memory_call_aspects', 'tool_result_message', 'protocol_messages', 'agent_protocol', 'ParsedAnswer',
-           'parse_answer', 'parse_boxed_answer', 'search_text', 'agent_system_prompt', 'request_text',
-           'agent_conversation', 'agent_prompt_fn', 'pasted_conversation', 'expansion_conversation', 'token_counter',
-           'run_agent', 'Setting', 'settings_registry', 'experiment_rows', 'evaluation_queries', 'StageContext',
-           'setting_conversations', 'run_setting', 'prompts_fingerprint', 'setting_signature', 'trajectory_paths',
-           'run_settings', 'read_trajectories', 'open_memories', 'stage_context', 'stage_signature', 'select_settings',
-           'run_retrieval', 'settings_metrics', 'retrieve_main']
+           'SETTING_METHODS', 'EXPERIMENT_ROWS', 'AGENT_VERSION', 'TRAJECTORY_COLUMNS', 'TRAJECTORY_REQUIRED',
+           'PAPER_ROWS', 'PAPER_ONLY_T1', 'PAPER_ONLY_REASON', 'RetrievalConfig', 'SearchResult', 'empty_result',
+           'item_rows', 'target_ranks', 'select_top_k', 'sort_lists', 'rankings_match', 'bm25_tokenize', 'BM25Index',
+           'RankBM25Index', 'faiss_threads', 'unit_rows', 'build_faiss_index', 'DenseIndex', 'Retriever',
+           'RetrieverSpec', 'register_retriever', 'pool_texts', 'content_digest', 'make_retriever',
+           'bench_retrieval_main', 'AgentConfig', 'format_memory_entries', 'lookup_memory', 'MemoryTool',
+           'memory_tool_schema', 'memory_tool_fn', 'format_tool_call', 'tool_call_aspects', 'memory_call_aspects',
+           'tool_result_message', 'protocol_messages', 'agent_protocol', 'ParsedAnswer', 'parse_answer',
+           'parse_boxed_answer', 'search_text', 'agent_system_prompt', 'request_text', 'agent_conversation',
+           'agent_prompt_fn', 'pasted_conversation', 'expansion_conversation', 'token_counter', 'run_agent', 'Setting',
+           'settings_registry', 'experiment_rows', 'StageContext', 'setting_conversations', 'run_setting',
+           'prompts_fingerprint', 'setting_signature', 'trajectory_paths', 'run_settings', 'read_trajectories',
+           'open_memories', 'stage_context', 'stage_signature', 'select_settings', 'run_retrieval', 'settings_metrics',
+           'retrieve_main', 'TrajectoryFormatError', 'check_trajectory_record', 'trajectory_settings',
+           'experiment_settings', 'experiment_specs']
 
 # %% ../nbs/05_retrieval.ipynb #3a4f6278
 DENSE_INDEX_KINDS = ('flat', 'hnsw', 'ivf')
@@ -723,7 +725,9 @@ import dataclasses
 from dataclasses import field
 from .core import Run, start_run, write_jsonl, read_jsonl, write_table
 from .llm import messages_for_template, parse_tool_calls
-from .local_memory import LOCAL_LEVELS, T2_VARIANTS, collapse_repeats, parse_entry_id, parse_llm_json, seeded_query_order
+from .data import memory_first
+from .local_memory import LOCAL_LEVELS, T2_VARIANTS, collapse_repeats, parse_entry_id
+from .text import parse_llm_json
 
 # %% ../nbs/05_retrieval.ipynb #2856c921
 AGENT_PROTOCOLS = ('auto', 'chat_tools', 'text')
@@ -732,7 +736,6 @@ AGENT_PROTOCOLS = ('auto', 'chat_tools', 'text')
 class AgentConfig:
     "The `[agent]` table: the MR.Rec agent, its baselines, and the queries they answer."
     section = 'agent'
-    max_queries: int = 0                      # test queries answered by every setting (0 = all); local-memory users first
     settings: tuple[str, ...] = ()            # settings to run, by name in SETTINGS (empty = all)
     protocol: str = 'auto'                    # 'chat_tools' (template renders tools), 'text' (tools in the system prompt), 'auto'
     max_tool_calls: int = 1                   # memory-tool calls per query (paper: 1)
@@ -755,7 +758,7 @@ class AgentConfig:
     def __post_init__(self):
         def bad(key, msg): raise ConfigError(f"[{self.section}] {key}: {msg}")
         if self.protocol not in AGENT_PROTOCOLS: bad('protocol', f"{self.protocol!r} is not one of {AGENT_PROTOCOLS}")
-        for key in ('max_queries', 'entry_chars', 'memory_chars', 'max_aspects', 'max_descriptions', 'max_new_tokens', 'max_tool_calls'):
+        for key in ('entry_chars', 'memory_chars', 'max_aspects', 'max_descriptions', 'max_new_tokens', 'max_tool_calls'):
             if getattr(self, key) < 0: bad(key, f"must be >= 0, got {getattr(self, key)}")
         for key in ('memory_top_k', 'top_items'):
             if getattr(self, key) < 1: bad(key, f"must be >= 1, got {getattr(self, key)}")
@@ -1235,18 +1238,6 @@ def experiment_rows(available: Sequence[str], cfg: AgentConfig | None = None) ->
 # %% ../nbs/05_retrieval.ipynb #4a6f5a02
 def _levels_key(levels) -> tuple: return tuple(l for l in LOCAL_LEVELS if l in levels)
 
-def evaluation_queries(queries: pd.DataFrame, memory_users, max_queries: int = 0, seed: int = 0) -> pd.DataFrame:
-    """The queries every setting answers: those of users with local memory first, then the rest, each in the seeded order
-    of `mrrec.local_memory.seeded_query_order`; `max_queries` of them (0 = all), by qid. The memory stage builds memory for
-    the users of the first `max_queries` test queries of that order, so with its store these are exactly those queries."""
-    need = [c for c in ('qid', 'query', 'item_id', 'user_id', 'category') if c not in queries.columns]
-    if need: raise ValueError(f"queries lack column(s) {need}; have {list(queries.columns)}")
-    users = set(map(str, memory_users))
-    q = seeded_query_order(queries, seed)
-    q = q.assign(has_local_memory=q['user_id'].astype(str).isin(users)).sort_values('has_local_memory', ascending=False, kind='stable')
-    q = q.head(max_queries) if max_queries else q
-    return q.sort_values('qid', kind='stable').reset_index(drop=True)
-
 @dataclass
 class StageContext:
     "What the settings of one run share; LLMs and retrievers are made on first use."
@@ -1447,9 +1438,9 @@ def read_trajectories(folder: str | os.PathLike, settings: Sequence[str] | None 
 # %% ../nbs/05_retrieval.ipynb #9814d729
 def open_memories(run: Run, embedder, bundle=None, build: bool = True, progress: bool = False) -> tuple:
     "The run's (LocalMemory, GlobalMemory); a missing store is built with its stage's functions when `build`, else an error."
-    from mrrec.data import prepare_data
+    from mrrec.data import DataConfig, plan_queries, prepare_data
     from mrrec.llm import LLMConfig, load_llm_for_run
-    from mrrec.local_memory import LocalMemory, LocalMemoryConfig, build_local_memory, llm_identity, planned_memory_users, user_histories
+    from mrrec.local_memory import LocalMemory, LocalMemoryConfig, build_local_memory, llm_identity, user_histories
     from mrrec.global_memory import GlobalMemory, GlobalMemoryConfig, build_global_memory
     local_root, global_root = run.memory / 'local', run.memory / 'global'
     missing = [p for p in (local_root, global_root) if not (p / 'manifest.json').exists()]
@@ -1460,7 +1451,7 @@ def open_memories(run: Run, embedder, bundle=None, build: bool = True, progress:
         llm_id, factory = llm_identity(run.profile.section(LLMConfig)), (lambda: load_llm_for_run(run))
         if local_root in missing:
             lcfg = run.profile.section(LocalMemoryConfig)
-            users = planned_memory_users(run.profile, bundle.queries)
+            users = plan_queries(bundle.queries, run.profile.section(DataConfig), run.seed).memory_users
             history = user_histories(bundle.histories, bundle.queries)
             build_local_memory(history[history.user_id.isin(users)], factory, embedder, lcfg, local_root, users=users,
                                llm_id=llm_id, progress=progress)
@@ -1479,8 +1470,8 @@ def _policy_id(policy: str | None) -> str | None:
 
 def stage_context(run: Run, cfg: AgentConfig | None = None, rcfg: RetrievalConfig | None = None, embedder=None,
                   policy: str | None = None, build_memory: bool = True) -> StageContext:
-    "The run's StageContext: test queries (`[agent] max_queries`), pool, memories, embedder, LLM factories."
-    from mrrec.data import prepare_data
+    "The run's StageContext: test queries (the run's query plan, `[data] eval_queries`), pool, memories, embedder, LLM factories."
+    from mrrec.data import DataConfig, plan_queries, prepare_data
     from mrrec.llm import load_embedder_for_run, load_llm_for_run
     cfg = cfg or run.profile.section(AgentConfig)
     rcfg = rcfg or run.profile.section(RetrievalConfig)
@@ -1488,7 +1479,7 @@ def stage_context(run: Run, cfg: AgentConfig | None = None, rcfg: RetrievalConfi
     bundle = prepare_data(run, progress=False)
     embedder = embedder or load_embedder_for_run(run)
     memory, glob = open_memories(run, embedder, bundle, build=build_memory)
-    queries = evaluation_queries(bundle.split('test'), memory.users, cfg.max_queries, run.seed)
+    queries = plan_queries(bundle.queries, run.profile.section(DataConfig), run.seed, memory.users).test
     def llm_factory(which: str):
         if which == 'base': return load_llm_for_run(run)
         if not policy: raise ConfigError("a trained-policy setting needs a policy: pass policy= or set [agent] policy")
@@ -1518,7 +1509,7 @@ def run_retrieval(run: Run, settings: Sequence[str] | None = None, ctx: StageCon
 
 def settings_metrics(trajectories: pd.DataFrame, ks=(10, 100)) -> pd.DataFrame:
     "R@k and N@k per setting over all its queries (one row per setting), via mrrec.eval.metric_table."
-    from mrrec.eval import metric_table
+    from mrrec.metrics import metric_table
     t = metric_table(trajectories, by=('setting',), ks=ks, per_category=False)
     wide = t.pivot_table(index=['setting', 'queries'], columns='metric', values='value', sort=False).reset_index()
     return wide[['setting', 'queries', *[f'{m}@{k}' for m in ('R', 'N') for k in ks]]]
@@ -1541,3 +1532,105 @@ def retrieve_main(argv: list[str]) -> int:
     print(summary.merge(metrics, on=['setting']).to_string(index=False))
     print(f"trajectories: {run.trajectories}")
     return 0
+
+# %% ../nbs/05_retrieval.ipynb #8457f60a
+TRAJECTORY_REQUIRED = ('setting', 'qid', 'category', 'target_rank')
+
+class TrajectoryFormatError(ValueError):
+    "A bad trajectory record; `.path`, `.line` (1-based; 0 = the file as a whole) and `.field` say where."
+    def __init__(self, path, line: int, field: str | None, msg: str):
+        self.path, self.line, self.field = Path(path), line, field
+        super().__init__(f"{path}" + (f":{line}" if line else '') + (f": field '{field}'" if field else '') + f": {msg}")
+
+def check_trajectory_record(rec, path, line: int, setting: str | None = None) -> dict:
+    "The record with `qid` as str, `rank` (= `target_rank`) as int and `item_id` (= `target_item_id`), or `TrajectoryFormatError`."
+    if not isinstance(rec, dict): raise TrajectoryFormatError(path, line, None, f"expected a JSON object, got {type(rec).__name__}")
+    for f in TRAJECTORY_REQUIRED:
+        if f not in rec or rec[f] is None: raise TrajectoryFormatError(path, line, f, 'missing')
+    for f in ('setting', 'category'):
+        if not isinstance(rec[f], str) or not rec[f]: raise TrajectoryFormatError(path, line, f, f"must be a non-empty string, got {rec[f]!r}")
+    if setting is not None and rec['setting'] != setting:
+        raise TrajectoryFormatError(path, line, 'setting', f"{rec['setting']!r} in the file of setting {setting!r}")
+    if isinstance(rec['qid'], bool) or not isinstance(rec['qid'], (str, int)):
+        raise TrajectoryFormatError(path, line, 'qid', f"must be a string or an integer, got {rec['qid']!r}")
+    r = rec['target_rank']
+    if isinstance(r, bool) or not isinstance(r, (int, float)) or r != int(r) or r < 0:
+        raise TrajectoryFormatError(path, line, 'target_rank', f"must be an integer >= 0 (0 = not retrieved), got {r!r}")
+    mt = rec.get('memory_tokens')
+    if mt is not None and (isinstance(mt, bool) or not isinstance(mt, (int, float)) or mt < 0):
+        raise TrajectoryFormatError(path, line, 'memory_tokens', f"must be a number >= 0, got {mt!r}")
+    for f in ('profile', 'memory_text', 'query', 'target_item_id'):
+        if rec.get(f) is not None and not isinstance(rec[f], str): raise TrajectoryFormatError(path, line, f, f"must be a string or null, got {type(rec[f]).__name__}")
+    if rec.get('messages') is not None and not isinstance(rec['messages'], list):
+        raise TrajectoryFormatError(path, line, 'messages', f"must be a list of messages, got {type(rec['messages']).__name__}")
+    return {**rec, 'qid': str(rec['qid']), 'rank': int(r), 'item_id': rec.get('target_item_id')}
+
+def trajectory_settings(folder) -> tuple[list[str], list[str]]:
+    "(finished, unfinished) setting names under `folder`: finished = both `<name>.jsonl` and `<name>.json` exist."
+    folder = Path(folder)
+    if not folder.is_dir(): return [], []
+    recs = {p.name[:-len('.jsonl')] for p in folder.glob('*.jsonl')}
+    done = {p.stem for p in folder.glob('*.json')}
+    return sorted(recs & done), sorted(recs - done)
+
+def read_trajectories(folder, settings=None) -> pd.DataFrame:
+    "Every record of the finished settings under `folder` (optionally only `settings`), checked, with `file` and `line`; empty if none."
+    rows = []
+    for name in trajectory_settings(folder)[0]:
+        if settings is not None and name not in settings: continue
+        path, summary_path = Path(folder) / f'{name}.jsonl', Path(folder) / f'{name}.json'
+        try: expected = read_json(summary_path).get('summary', {}).get('queries')
+        except (json.JSONDecodeError, AttributeError) as e: raise TrajectoryFormatError(summary_path, 0, None, f"not a setting summary: {e}") from None
+        seen, n_before = {}, len(rows)
+        try:
+            with open(path, encoding='utf-8') as f:
+                for n, line in enumerate(f, 1):
+                    if not line.strip(): continue
+                    try: rec = json.loads(line)
+                    except json.JSONDecodeError as e: raise TrajectoryFormatError(path, n, None, f"not valid JSON: {e}") from None
+                    rec = check_trajectory_record(rec, path, n, name)
+                    if rec['qid'] in seen: raise TrajectoryFormatError(path, n, 'qid', f"second record of query {rec['qid']!r} (first on line {seen[rec['qid']]})")
+                    seen[rec['qid']] = n
+                    rows.append({**rec, 'file': str(path), 'line': n})
+        except UnicodeDecodeError as e: raise TrajectoryFormatError(path, 0, None, f"not UTF-8 text: {e}") from None
+        if expected is not None and expected != len(rows) - n_before:
+            raise TrajectoryFormatError(path, 0, None, f"{len(rows) - n_before} records, but its summary {summary_path.name} says {expected} queries")
+    return pd.DataFrame(rows) if rows else pd.DataFrame(columns=[*TRAJECTORY_REQUIRED, 'rank', 'item_id', 'file', 'line'])
+
+# %% ../nbs/05_retrieval.ipynb #c54d9532
+PAPER_ROWS = {
+    ('T1', 'dense retriever, query only (BLAIR-style)'): ({'memory_setting': 'none', 'model': 'BLAIR-BASE'}, 'BLAIR-BASE (none)'),
+    ('T1', 'LLM, no memory (Rec-R1-style expansion)'): ({'memory_setting': 'none', 'model': 'Qwen2.5-3B'}, 'Qwen2.5-3B (none)'),
+    ('T1', 'LLM, naive memory (latest 10)'): ({'memory_setting': 'naive', 'model': 'Qwen2.5-3B'}, 'Qwen2.5-3B (naive)'),
+    ('T1', 'LLM, static memory (summary)'): ({'memory_setting': 'static', 'model': 'Qwen2.5-3B'}, 'Qwen2.5-3B (static)'),
+    ('T1', 'MR.Rec'): ({'memory_setting': 'mrrec', 'model': 'MR.Rec'}, 'MR.Rec'),
+    **{('T2', v): ({'variant': v}, v) for v in ('w/o local memory', 'w/ behavior records', 'w/ preference patterns',
+                                               'w/ user profile', 'w/ records+patterns+profile')},
+    ('F3', 'w/o local'): ({'variant': 'w/o local memory'}, 'Table 2: w/o local memory'),
+    ('F3', 'full'): ({'variant': 'w/ records+patterns+profile'}, 'Table 2: all three (= MR.Rec)'),
+    ('F6', 'k=3'): ({'memory_setting': 'mrrec', 'model': 'MR.Rec'}, 'Table 1: MR.Rec (k = 3)'),
+}
+PAPER_ONLY_T1 = [(m, model) for m in ('none', 'naive', 'static') for model in ('GPT-4o', 'DeepSeek-R1', 'Rec-R1')] + [('none', 'BLAIR-LARGE')]
+PAPER_ONLY_REASON = {'GPT-4o': 'API model, not run here', 'DeepSeek-R1': 'API model, not run here',
+                     'Rec-R1': 'RL-trained query generator, not run here', 'BLAIR-LARGE': 'BLAIR checkpoint, not run here'}
+
+def experiment_settings(available=(), agent_cfg=None) -> pd.DataFrame:
+    "Every row (experiment, row, setting) of the tables and figures, available or not: a row takes `<setting>_rl` when that is `available`."
+    from mrrec.retrieval import EXPERIMENT_ROWS, AgentConfig
+    cfg, have = agent_cfg or AgentConfig(), set(available)
+    rows = list(EXPERIMENT_ROWS) + [('F6', f'k={k}', 'mrrec' if k == cfg.memory_top_k else f'mrrec_k{k}', True) for k in cfg.f6_top_k]
+    return pd.DataFrame([{'experiment': e, 'row': r, 'setting': f'{n}_rl' if pref and f'{n}_rl' in have else n} for e, r, n, pref in rows],
+                        columns=['experiment', 'row', 'setting'])
+
+def experiment_specs(experiment: str, available=(), agent_cfg=None, label: str = 'row') -> list[RowSpec]:
+    "The RowSpecs of one experiment ('T1', 'T2', 'F3', 'F5', 'F6'), with their paper rows."
+    out = []
+    for r in experiment_settings(available, agent_cfg).query('experiment == @experiment').itertuples():
+        paper, plabel = PAPER_ROWS.get((experiment, r.row), (None, ''))
+        note = "needs the RL stage's trained policy" if r.setting.endswith('_rl') else ''
+        out.append(RowSpec(r.setting, {label: r.row}, paper, plabel, note))
+    if experiment == 'T1':
+        words = {'none': 'no memory', 'naive': 'naive memory', 'static': 'static memory'}
+        out += [RowSpec(None, {label: f'{model}, {words[m]} (paper only)'}, {'memory_setting': m, 'model': model}, f'{model} ({m})', PAPER_ONLY_REASON[model])
+                for m, model in PAPER_ONLY_T1]
+    return out

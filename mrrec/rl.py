@@ -14,13 +14,12 @@ from .core import (ConfigError, Run, atomic_write, load_profile, read_json, run_
                         stable_hash, write_json, write_table)
 
 # %% auto #0
-__all__ = ['PROTOCOLS', 'VARIANTS', 'QUERY_COLUMNS', 'F4_COLUMNS', 'F4_PANELS', 'POLICY_META', 'RLConfig', 'target_ranks',
-           'EmbeddingRanker', 'MemoryEnv', 'memory_env_factory', 'answer_texts', 'memory_call_counts',
-           'make_reward_funcs', 'load_policy', 'tool_turn_ids', 'MemoryGRPOTrainer', 'make_text_rollout',
-           'scripted_openings', 'RecTask', 'supports_trl_tools', 'resolve_protocol', 'rl_dataset', 'grpo_args',
-           'lora_config', 'build_trainer', 'mask_spans', 'tool_turn_renderer', 'verify_tool_mask',
-           'masked_logp_gradients', 'rollout_tool_results', 'task_from_run', 'rl_queries', 'RewardLogCallback',
-           'read_reward_log', 'plot_reward_trajectories', 'policy_dir', 'trained_policy', 'variant_model',
+__all__ = ['PROTOCOLS', 'VARIANTS', 'QUERY_COLUMNS', 'F4_COLUMNS', 'POLICY_META', 'RLConfig', 'target_ranks', 'EmbeddingRanker',
+           'MemoryEnv', 'memory_env_factory', 'answer_texts', 'memory_call_counts', 'make_reward_funcs', 'load_policy',
+           'tool_turn_ids', 'MemoryGRPOTrainer', 'make_text_rollout', 'scripted_openings', 'RecTask',
+           'supports_trl_tools', 'resolve_protocol', 'rl_dataset', 'grpo_args', 'lora_config', 'build_trainer',
+           'mask_spans', 'tool_turn_renderer', 'verify_tool_mask', 'masked_logp_gradients', 'rollout_tool_results',
+           'task_from_run', 'RewardLogCallback', 'read_reward_log', 'policy_dir', 'trained_policy', 'variant_model',
            'save_policy', 'train_rl', 'accelerate_config', 'write_launch_files', 'agent_task', 'rl_stage', 'rl_main']
 
 # %% ../nbs/06_rl.ipynb #2fcdf479
@@ -37,8 +36,6 @@ class RLConfig:
     protocol: str = 'auto'                 # tool protocol: 'chat_tools', 'text', or 'auto' (chat_tools iff the template renders tools)
     dtype: str = 'float32'                 # training weights; CPU needs float32
     threads: int = 0                       # CPU only: torch intra-op threads for the process (0 = torch's default)
-    train_queries: int = 0                 # training queries used (0 = the whole train split)
-    val_queries: int = 0                   # validation queries for early stopping (0 = no validation)
     num_generations: int = 5               # G, rollouts per prompt
     temperature: float = 1.0
     top_p: float = 1.0
@@ -105,7 +102,7 @@ from .retrieval import (MEMORY_TOOL_NAME, MemoryTool, agent_prompt_fn, format_to
                              AgentConfig)
 
 # %% ../nbs/06_rl.ipynb #8b917a6a
-from .eval import ndcg_at_k, recall_at_k
+from .metrics import ndcg_at_k, recall_at_k
 
 def target_ranks(query_emb, item_emb, target_rows, chunk: int = 262144, tie_tol: float = 1e-5) -> np.ndarray:
     "1-based rank of item `target_rows[i]` when the pool `item_emb` is sorted by inner product with `query_emb[i]`."
@@ -497,13 +494,6 @@ def task_from_run(run: Run, prompt: Callable[[dict, str], list[dict]], memory_to
     label = 'SynthC4 (synthetic)' if bundle.synthetic else 'Amazon-C4'
     return RecTask(prompt=prompt, memory_tool=memory_tool, rank_targets=ranker, parse_answer=parse_answer, label=label)
 
-def rl_queries(queries: pd.DataFrame, split: str, n: int = 0, users_with_memory=(), seed: int = 0) -> pd.DataFrame:
-    "Up to `n` (0 = all) queries of `split`, users with local memory first, otherwise in a seeded order."
-    from mrrec.local_memory import SPLIT_ORDER_SALT, seeded_query_order   # the memory stage picked its users this way
-    q = seeded_query_order(queries[queries['split'] == split], seed, SPLIT_ORDER_SALT.get(split, 'rl'))
-    no_memory = ~q['user_id'].astype(str).isin(set(map(str, users_with_memory)))
-    q = q.iloc[np.argsort(no_memory.to_numpy(), kind='stable')]   # users with memory first, seeded order kept within
-    return (q.head(n) if n else q).reset_index(drop=True)
 
 # %% ../nbs/06_rl.ipynb #6e31e064
 from transformers import TrainerCallback
@@ -542,31 +532,6 @@ def read_reward_log(run: Run, variants=VARIANTS) -> pd.DataFrame:
     "The F4 logs of a run's trained variants, one frame (empty if none)."
     parts = [pd.read_csv(p) for v in variants if (p := run.logs / f'rl_{v}.csv').exists()]
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=list(F4_COLUMNS))
-
-# %% ../nbs/06_rl.ipynb #a02c093d
-F4_PANELS = (('format_reward', 'format reward'), ('memory_reward', 'memory reward'),
-             ('rec_reward', 'recommendation reward\n5 (nDCG@100 + nDCG@1000)'), ('recall', 'Recall@100 (batch)'))
-
-def plot_reward_trajectories(log: pd.DataFrame, path: str | os.PathLike, title: str = 'F4: reward trajectories in RL') -> Path:
-    "Write the F4 figure (PNG) from a reward log (`read_reward_log`)."
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
-    fig, axes = plt.subplots(1, len(F4_PANELS), figsize=(4 * len(F4_PANELS), 3.4))
-    for ax, (col, name) in zip(axes, F4_PANELS):
-        for variant, g in log.groupby('variant', sort=False):
-            tr, va = g[g.split == 'train'].sort_values('step'), g[g.split == 'val'].sort_values('step')
-            line, = ax.plot(tr.step, tr[col], '.-', label=f'{variant} (train batch)', lw=1.5)
-            if len(va): ax.plot(va.step, va[col], 'o--', color=line.get_color(), label=f'{variant} (validation)')
-        ax.set_title(name, fontsize=10); ax.set_xlabel('RL step'); ax.grid(alpha=.3)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes[0].legend(fontsize=8)
-    fig.suptitle(title, fontsize=11); fig.tight_layout()
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path, 'wb', encoding=None) as f: fig.savefig(f, format='png', dpi=110)
-    plt.close(fig)
-    return path
 
 # %% ../nbs/06_rl.ipynb #13a69bff
 POLICY_META = 'mrrec_policy.json'
@@ -678,12 +643,12 @@ def agent_task(run: Run, embedder=None) -> tuple[RecTask, object]:
 
 def rl_stage(run: Run, variants: list[str] | None = None, resume: bool = True) -> dict:
     "Train the run's RL variants (`[rl]`), write the F4 log table and figure; returns {variant: policy metadata}."
-    from mrrec.data import load_data
+    from mrrec.data import DataConfig, load_data, plan_queries
     cfg = run.profile.section(RLConfig)
     bundle = load_data(run)
     task, local = agent_task(run)
-    train_rows = rl_queries(bundle.queries, 'train', cfg.train_queries, local.users, run.seed)
-    val_rows = rl_queries(bundle.queries, 'val', cfg.val_queries, local.users, run.seed) if cfg.val_queries else None
+    plan = plan_queries(bundle.queries, run.profile.section(DataConfig), run.seed, local.users)
+    train_rows, val_rows = plan.train, plan.val
     trained = {}
     for variant in (variants or cfg.variants):
         variant_model(cfg, variant)   # a variant without a backbone is a configuration error, said before any work
