@@ -511,7 +511,7 @@ def sample_queries(queries: pd.DataFrame, n: int, seed: int = 0) -> pd.DataFrame
     if not n or n >= len(queries): return queries
     return queries.iloc[np.sort(np.argsort(_unit_hash('sample', seed, queries['qid']), kind='stable')[:n])]
 
-# %% ../nbs/01_data.ipynb #b4a2a6d3
+# %% ../nbs/01_data.ipynb #2dafb48f
 SPLIT_ORDER_SALT = {'test': None, 'val': 'rl', 'train': 'rl'}   # the salt of each split's seeded order
 
 def seeded_query_order(
@@ -524,7 +524,7 @@ def seeded_query_order(
     return queries.iloc[np.argsort(np.array(keys, dtype=object), kind='stable')] if len(queries) else queries
 
 
-# %% ../nbs/01_data.ipynb #d7448822
+# %% ../nbs/01_data.ipynb #be580335
 def memory_users(
     queries: pd.DataFrame,                           # queries with a split column (unless `per_split` is None)
     order: tuple[str, ...] = ('test', 'val', 'train'),  # splits in priority order
@@ -551,7 +551,7 @@ def memory_users(
     return users[:max_users] if max_users else users
 
 
-# %% ../nbs/01_data.ipynb #4d9f4ea1
+# %% ../nbs/01_data.ipynb #ce0a012f
 def memory_first(
     queries: pd.DataFrame,   # the queries of one split
     users_with_memory,       # user ids that have local memory
@@ -566,7 +566,7 @@ def memory_first(
     return (q.head(n) if n else q).reset_index(drop=True)
 
 
-# %% ../nbs/01_data.ipynb #ec48738f
+# %% ../nbs/01_data.ipynb #e996b3af
 @dataclass(frozen=True)
 class QueryPlan:
     "Which queries each later stage answers, and whose local memory is built for them."
