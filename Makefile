@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 PROFILE ?= demo
 STAMP = .make/installed
 
-.PHONY: install test reproduce export clean-nbs check-nbs bench
+.PHONY: install test reproduce export clean-nbs check-nbs bench readme
 
 install: $(STAMP)
 
@@ -35,3 +35,8 @@ export: install
 # Notebooks are committed clean and in sync with mrrec/: both commands must change nothing.
 check-nbs: install
 	nbdev_export && nbdev_clean && git diff --exit-code -- nbs mrrec
+
+# README.md is written from nbs/index.ipynb (settings.ini's readme_nb): its markdown cells, in order.
+readme:
+	$(PYTHON) -c 'import json, pathlib; cells = json.load(open("nbs/index.ipynb"))["cells"]; \
+	pathlib.Path("README.md").write_text("\n\n".join("".join(c["source"]).strip() for c in cells if c["cell_type"] == "markdown") + "\n")'

@@ -37,6 +37,8 @@ setuptools.setup(
     url=cfg['git_url'],
     packages=setuptools.find_packages(include=['mrrec', 'mrrec.*']),
     include_package_data=True,
+    # package data read with importlib.resources (MANIFEST.in lists them too, for the sdist)
+    package_data={'mrrec': ['synthc4_catalog.txt', 'paper_numbers/*']},
     install_requires=requirements,
     extras_require={'dev': dev_requirements},
     # profiles/ sits at the top level (the project's shape); a non-editable install carries it here.

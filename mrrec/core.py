@@ -4,7 +4,8 @@
 
 # %% ../nbs/00_core.ipynb #5c2af071
 from __future__ import annotations
-import argparse, dataclasses, datetime, gzip, hashlib, importlib, importlib.metadata, io, json, os, platform, random, sys, tempfile, tomllib, types, typing
+import argparse, dataclasses, datetime, gzip, hashlib, importlib, importlib.metadata, io, json, os, platform, random
+import sys, tempfile, tomllib, types, typing
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,14 +19,14 @@ __all__ = ['PACKAGE_DIR', 'REPO_DIR', 'PAPER_NUMBERS_DIR', 'RUN_SUBDIRS', 'PACKA
            'stable_hash', 'atomic_write', 'atomic_dir', 'write_json', 'read_json', 'write_jsonl', 'read_jsonl',
            'write_parquet', 'read_parquet', 'write_table', 'paper_numbers', 'Run', 'default_run_root',
            'package_versions', 'start_run', 'run_arg_parser', 'main', 'stage_notebooks', 'StageFailed', 'run_stage',
-           'reproduce', 'write_report', 'reproduce_main']
+           'lesson_notebooks', 'run_lessons', 'write_html_report', 'reproduce', 'write_report', 'reproduce_main']
 
 # %% ../nbs/00_core.ipynb #a01925e8
 PACKAGE_DIR = Path(__file__).resolve().parent if '__file__' in globals() else Path.cwd().parent / 'mrrec'
 REPO_DIR = PACKAGE_DIR.parent
 
 def profile_dirs() -> list[Path]:
-    "Folders searched for `<name>.toml`, in order: `$MRREC_PROFILE_DIR`, the checkout's `profiles/`, the installed copy."
+    "Folders searched for `<name>.toml`, in order: `$MRREC_PROFILE_DIR`, the checkout's `profiles/`, the installed one."
     dirs = [Path(os.environ['MRREC_PROFILE_DIR'])] if os.environ.get('MRREC_PROFILE_DIR') else []
     dirs += [REPO_DIR / 'profiles', Path(sys.prefix) / 'share' / 'mrrec' / 'profiles']
     return dirs
@@ -40,13 +41,19 @@ def _type_ok(value, tp) -> bool:
     if tp is typing.Any: return True
     if origin in (typing.Union, types.UnionType): return any(_type_ok(value, a) for a in args)
     if tp is type(None): return value is None
-    if origin in (list, tuple): return isinstance(value, (list, tuple)) and all(_type_ok(v, args[0]) for v in value) if args else isinstance(value, (list, tuple))
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)): return False
+        return all(_type_ok(v, args[0]) for v in value) if args else True
     if origin is dict: return isinstance(value, dict)
     if tp is float: return isinstance(value, (int, float)) and not isinstance(value, bool)
     if tp is int: return isinstance(value, int) and not isinstance(value, bool)
     return isinstance(value, tp)
 
-def config_from_dict(cls, values: dict, where: str = '<dict>'):
+def config_from_dict(
+    cls,                    # a stage config dataclass
+    values: dict,           # the raw TOML table
+    where: str = '<dict>',  # file and table, for messages
+):
     "Build dataclass `cls` from `values`; unknown keys and wrong types raise `ConfigError` naming `where` and the key."
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
@@ -55,7 +62,8 @@ def config_from_dict(cls, values: dict, where: str = '<dict>'):
     for k, v in values.items():
         if not _type_ok(v, hints[k]):
             raise ConfigError(f"{where}: key '{k}' must be {hints[k]}, got {type(v).__name__} {v!r}")
-    try: return cls(**{k: (tuple(v) if isinstance(v, list) and typing.get_origin(hints[k]) is tuple else v) for k, v in values.items()})
+    try: return cls(**{k: (tuple(v) if isinstance(v, list) and typing.get_origin(hints[k]) is tuple else v)
+                       for k, v in values.items()})
     except (ValueError, TypeError) as e:   # a stage's own checks (__post_init__) learn here which file it was
         raise ConfigError(f"{where}: {e}") from None
 
@@ -70,14 +78,16 @@ class Profile:
     tables: dict = field(default_factory=dict, repr=False)
 
     def section(self, cls):
-        "The `[cls.section]` table of this profile as an instance of dataclass `cls` (defaults where the table is silent)."
+        "The `[cls.section]` table of this profile as dataclass `cls` (defaults where the table is silent)."
         return config_from_dict(cls, self.tables.get(cls.section, {}), f"{self.path} [{cls.section}]")
 
     def with_seed(self, seed: int | None) -> 'Profile':
         "This profile with another seed (None keeps the profile's own)."
         return self if seed is None else dataclasses.replace(self, seed=int(seed))
 
-def load_profile(name_or_path: str | os.PathLike) -> Profile:
+def load_profile(
+    name_or_path: str | os.PathLike,  # a profile name (`ci`, `demo`, `paper`) or a TOML file's path
+) -> Profile:
     "Read a profile by name (`ci`, `demo`, `paper`) or by path to a TOML file."
     p = Path(name_or_path)
     if p.suffix != '.toml':
@@ -93,10 +103,13 @@ def load_profile(name_or_path: str | os.PathLike) -> Profile:
         if not _type_ok(top[k], tp): raise ConfigError(f"{p}: key '{k}' must be {tp.__name__}, got {top[k]!r}")
     extra = sorted(set(top) - {'name', 'seed', 'description'})
     if extra: raise ConfigError(f"{p}: unknown top-level key(s) {extra}; stage settings go in their [section]")
-    return Profile(top['name'], top['seed'], top['description'], p, {k: v for k, v in raw.items() if isinstance(v, dict)})
+    return Profile(top['name'], top['seed'], top['description'], p,
+                   {k: v for k, v in raw.items() if isinstance(v, dict)})
 
 # %% ../nbs/00_core.ipynb #52a2ab8f
-def seed_everything(seed: int) -> int:
+def seed_everything(
+    seed: int,  # the run seed
+) -> int:
     "Seed `random`, NumPy and torch (if importable) with `seed`; returns it."
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -106,7 +119,10 @@ def seed_everything(seed: int) -> int:
     except ImportError: pass
     return seed
 
-def stable_hash(*parts, n: int = 16) -> str:
+def stable_hash(
+    *parts,       # JSON-able values to hash, in order
+    n: int = 16,  # hex characters kept
+) -> str:
     "A hex digest of `parts` that is the same in every process (Python's `hash` is salted per process)."
     h = hashlib.sha256()
     for p in parts: h.update(json.dumps(p, sort_keys=True, default=str).encode()); h.update(b'\x00')
@@ -116,7 +132,11 @@ def stable_hash(*parts, n: int = 16) -> str:
 _UMASK = os.umask(0o022); os.umask(_UMASK)  # read once: os.umask can only be read by setting it
 
 @contextmanager
-def atomic_write(path: str | os.PathLike, mode: str = 'w', encoding: str | None = 'utf-8'):
+def atomic_write(
+    path: str | os.PathLike,         # the final file
+    mode: str = 'w',                 # 'w' (text) or 'wb' (bytes)
+    encoding: str | None = 'utf-8',  # text encoding (text mode)
+):
     "Open a temporary file beside `path` for writing; on success it replaces `path` atomically, on error it is removed."
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -134,7 +154,9 @@ def atomic_write(path: str | os.PathLike, mode: str = 'w', encoding: str | None 
 
 # %% ../nbs/00_core.ipynb #547036f2
 @contextmanager
-def atomic_dir(path: str | os.PathLike):
+def atomic_dir(
+    path: str | os.PathLike,  # the final folder
+):
     "Yield a temporary folder beside `path` to fill; on success it replaces the folder `path`, on error it is removed."
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -155,15 +177,23 @@ def _open_text(path: Path):
     "Open a text file for reading, decompressing `.gz` transparently."
     return gzip.open(path, 'rt', encoding='utf-8') if path.suffix == '.gz' else open(path, encoding='utf-8')
 
-def write_json(obj, path: str | os.PathLike) -> Path:
+def write_json(
+    obj,                      # a JSON-able value
+    path: str | os.PathLike,  # a file path
+) -> Path:
     "Write `obj` as indented JSON, atomically."
     with atomic_write(path) as f: json.dump(obj, f, indent=2, sort_keys=True, default=str); f.write('\n')
     return Path(path)
 
-def read_json(path: str | os.PathLike):
+def read_json(
+    path: str | os.PathLike,  # a file path
+):
     return json.loads(Path(path).read_text(encoding='utf-8'))
 
-def write_jsonl(rows, path: str | os.PathLike) -> Path:
+def write_jsonl(
+    rows,                     # JSON-able records
+    path: str | os.PathLike,  # a `.jsonl` or `.jsonl.gz` file
+) -> Path:
     "Write an iterable of dicts (or a DataFrame) as JSON lines, atomically; a `.gz` suffix compresses."
     path = Path(path)
     if isinstance(rows, pd.DataFrame): rows = rows.to_dict('records')
@@ -173,20 +203,31 @@ def write_jsonl(rows, path: str | os.PathLike) -> Path:
         if f is not raw: f.close()
     return path
 
-def read_jsonl(path: str | os.PathLike) -> list[dict]:
+def read_jsonl(
+    path: str | os.PathLike,  # a `.jsonl` or `.jsonl.gz` file
+) -> list[dict]:
     "Read JSON lines (plain or `.gz`) into a list of dicts; blank lines are ignored."
     with _open_text(Path(path)) as f: return [json.loads(l) for l in f if l.strip()]
 
-def write_parquet(df: pd.DataFrame, path: str | os.PathLike) -> Path:
+def write_parquet(
+    df: pd.DataFrame,         # the frame
+    path: str | os.PathLike,  # a file path
+) -> Path:
     "Write a DataFrame as Parquet, atomically."
     with atomic_write(path, 'wb') as f: df.to_parquet(f, index=False)
     return Path(path)
 
-def read_parquet(path: str | os.PathLike) -> pd.DataFrame:
+def read_parquet(
+    path: str | os.PathLike,  # a file path
+) -> pd.DataFrame:
     return pd.read_parquet(path)
 
 # %% ../nbs/00_core.ipynb #f2b93929
-def write_table(df: pd.DataFrame, stem: str | os.PathLike, floatfmt: str = '.4f') -> tuple[Path, Path]:
+def write_table(
+    df: pd.DataFrame,         # a tidy result table
+    stem: str | os.PathLike,  # path without suffix: `.csv` and `.md` are written
+    floatfmt: str = '.4f',    # Markdown float format
+) -> tuple[Path, Path]:
     "Write `df` to `<stem>.csv` and `<stem>.md`, atomically; returns both paths."
     stem = Path(stem)
     with atomic_write(stem.with_suffix('.csv')) as f: df.to_csv(f, index=False)
@@ -196,7 +237,9 @@ def write_table(df: pd.DataFrame, stem: str | os.PathLike, floatfmt: str = '.4f'
 # %% ../nbs/00_core.ipynb #9bc22f43
 PAPER_NUMBERS_DIR = PACKAGE_DIR / 'paper_numbers'
 
-def paper_numbers(name: str) -> pd.DataFrame:
+def paper_numbers(
+    name: str,  # a table's file stem under `paper_numbers/`, e.g. 'table1_overall'
+) -> pd.DataFrame:
     "One of the paper's tables as shipped in `mrrec/paper_numbers/` (`table1_overall`, `table2_local_memory`, ...)."
     path = PAPER_NUMBERS_DIR / f'{name}.csv'
     if not path.is_file():
@@ -218,7 +261,9 @@ class Run:
         if name in RUN_SUBDIRS: return self.root / name
         raise AttributeError(name)
 
-def default_run_root(profile: Profile) -> Path:
+def default_run_root(
+    profile: Profile,  # the loaded profile
+) -> Path:
     "`$MRREC_RUNS`, else the checkout's `runs/` (else `./runs`), then `<profile>-seed<seed>`."
     base = os.environ.get('MRREC_RUNS') or (REPO_DIR / 'runs' if (REPO_DIR / 'settings.ini').exists() else Path('runs'))
     return Path(base) / f'{profile.name}-seed{profile.seed}'
@@ -226,7 +271,9 @@ def default_run_root(profile: Profile) -> Path:
 PACKAGES_OF_INTEREST = ('mrrec', 'torch', 'transformers', 'trl', 'sentence-transformers', 'faiss-cpu', 'bm25s',
                         'rank-bm25', 'pandas', 'pyarrow', 'numpy', 'papermill', 'nbdev')
 
-def package_versions(names=PACKAGES_OF_INTEREST) -> dict[str, str | None]:
+def package_versions(
+    names=PACKAGES_OF_INTEREST,  # distribution names
+) -> dict[str, str | None]:
     "Installed versions of the packages a result depends on (None where absent)."
     out = {}
     for n in names:
@@ -234,7 +281,11 @@ def package_versions(names=PACKAGES_OF_INTEREST) -> dict[str, str | None]:
         except importlib.metadata.PackageNotFoundError: out[n] = None
     return out
 
-def start_run(profile: str | Profile = 'ci', out: str | os.PathLike | None = None, seed: int | None = None) -> Run:
+def start_run(
+    profile: str | Profile = 'ci',         # a profile name, TOML path or loaded Profile
+    out: str | os.PathLike | None = None,  # run folder (default runs/<profile>-seed<seed>)
+    seed: int | None = None,               # overrides the profile's seed
+) -> Run:
     "Load the profile, create the run folder, seed everything and record `run.json`; reopening keeps the recorded seed."
     prof = (profile if isinstance(profile, Profile) else load_profile(profile)).with_seed(seed)
     root = Path(out) if out is not None else default_run_root(prof)
@@ -242,7 +293,8 @@ def start_run(profile: str | Profile = 'ci', out: str | os.PathLike | None = Non
     if meta_path.exists():
         meta = read_json(meta_path)
         if meta['profile'] != prof.name or meta['seed'] != prof.seed:
-            raise ConfigError(f"{meta_path}: this folder holds a run of profile '{meta['profile']}' seed {meta['seed']}, "
+            raise ConfigError(f"{meta_path}: this folder holds a run of profile '{meta['profile']}' "
+                              f"seed {meta['seed']}, "
                               f"not '{prof.name}' seed {prof.seed}; choose another --out")
     else:
         meta = {'profile': prof.name, 'seed': prof.seed, 'profile_file': str(prof.path), 'profile_tables': prof.tables,
@@ -254,7 +306,11 @@ def start_run(profile: str | Profile = 'ci', out: str | os.PathLike | None = Non
     return Run(prof, root)
 
 # %% ../nbs/00_core.ipynb #b250dc41
-def run_arg_parser(prog: str, description: str, default_profile: str = 'demo') -> argparse.ArgumentParser:
+def run_arg_parser(
+    prog: str,                      # the command, for usage lines
+    description: str,               # what it does
+    default_profile: str = 'demo',  # when --profile is not given
+) -> argparse.ArgumentParser:
     "An argument parser with the options that name a run: `--profile`, `--out` and `--seed`."
     ap = argparse.ArgumentParser(prog=prog, description=description)
     ap.add_argument('--profile', default=default_profile, help='profile name or path to a profile TOML file')
@@ -264,12 +320,15 @@ def run_arg_parser(prog: str, description: str, default_profile: str = 'demo') -
 
 # %% ../nbs/00_core.ipynb #e371d477
 COMMANDS = {
-    'synth': ('mrrec.data:synth_main', 'write the SynthC4 benchmark (queries, pool, reviews, item meta, preferences)'),
-    'bench llm': ('mrrec.llm:bench_llm_main', 'tokens/s of one-at-a-time vs batched generation'),
-    'bench retrieval': ('mrrec.retrieval:bench_retrieval_main', 'BM25 (bm25s vs rank-bm25) and exact dense search speed and memory'),
+    'synth': ('mrrec.synthc4:synth_main',
+              'write the SynthC4 benchmark (queries, pool, reviews, item meta, preferences)'),
+    'bench llm': ('mrrec.backends:bench_llm_main', 'tokens/s of one-at-a-time vs batched generation'),
+    'bench retrieval': ('mrrec.search_bench:bench_retrieval_main',
+                              'BM25 (bm25s vs rank-bm25) and exact dense search speed and memory'),
     'reproduce': ('mrrec.core:reproduce_main', 'run the stage notebooks under a profile and write the report'),
-    'retrieve': ('mrrec.retrieval:retrieve_main', 'MR.Rec agent and baselines: one trajectory file per setting'),
-    'rl': ('mrrec.rl:rl_main', 'GRPO training of the agent with memory rollouts (F4 log); --launch-files writes the multi-GPU launch'),
+    'retrieve': ('mrrec.experiments:retrieve_main', 'MR.Rec agent and baselines: one trajectory file per setting'),
+    'rl': ('mrrec.rl:rl_main',
+           'GRPO training of the agent with memory rollouts (F4 log); --launch-files writes the multi-GPU launch'),
     'eval': ('mrrec.eval:eval_main', 'evaluation tables T1-T3 and figures F3-F6 of a run'),
     'efficiency': ('mrrec.efficiency:efficiency_main', 'T4, stage timings and the item-search scaling plot'),
 }
@@ -279,7 +338,9 @@ def _usage() -> str:
     return 'usage: mrrec COMMAND [ARGS]  (mrrec COMMAND --help for its options)\n\ncommands:\n' + \
         '\n'.join(f'  {name:{w}s}  {help}' for name, (_, help) in COMMANDS.items())
 
-def main(argv: list[str] | None = None) -> int:
+def main(
+    argv: list[str] | None = None,  # the arguments (default: sys.argv[1:])
+) -> int:
     "Entry point of the `mrrec` console script: dispatch to the subcommand's `main(argv)`."
     argv = list(sys.argv[1:] if argv is None else argv)
     for n in (2, 1):
@@ -293,18 +354,33 @@ def main(argv: list[str] | None = None) -> int:
 # %% ../nbs/00_core.ipynb #d4ffd05c
 NBS_DIR = REPO_DIR / 'nbs'
 
-def stage_notebooks(nbs_dir: Path = NBS_DIR) -> list[Path]:
-    "The stage notebooks `01_*.ipynb` .. `08_*.ipynb` that exist, in pipeline order."
-    return sorted(p for p in Path(nbs_dir).glob('0[1-8]_*.ipynb'))
+def _has_parameters_cell(path: Path) -> bool:
+    "Whether the notebook at `path` has a cell tagged `parameters` (papermill's injection point)."
+    cells = json.loads(Path(path).read_text(encoding='utf-8')).get('cells', [])
+    return any('parameters' in c.get('metadata', {}).get('tags', []) for c in cells)
 
+def stage_notebooks(
+    nbs_dir: Path = NBS_DIR,   # the notebooks folder of a checkout
+) -> list[Path]:
+    "The stage notebooks: `NN*_*.ipynb` (not `00*`) with a `parameters` cell, in filename order."
+    found = sorted(p for p in Path(nbs_dir).glob('[0-9][0-9]*_*.ipynb') if not p.name.startswith('00'))
+    return [p for p in found if _has_parameters_cell(p)]
+
+# %% ../nbs/00_core.ipynb #2caad021
 class StageFailed(RuntimeError):
     "A stage notebook raised; the message names the notebook, the cell and the error."
 
-def _status(run: Run) -> dict:
-    p = run.root / 'stages.json'
+def _status(run: Run, status_file: str = 'stages.json') -> dict:
+    p = run.root / status_file
     return read_json(p) if p.exists() else {}
 
-def run_stage(run: Run, nb: Path, kernel_name: str = 'python3', progress: bool = True) -> dict:
+def run_stage(
+    run: Run,                      # the run
+    nb: Path,                      # the stage notebook
+    kernel_name: str = 'python3',  # the Jupyter kernel
+    progress: bool = True,         # papermill's progress bar
+    status_file: str = 'stages.json',  # where the run records the status (lessons: `lessons.json`)
+) -> dict:
     "Execute one stage notebook with papermill into the run's `notebooks/`; returns its status record."
     import papermill as pm
     executed = run.notebooks / nb.name
@@ -312,7 +388,8 @@ def run_stage(run: Run, nb: Path, kernel_name: str = 'python3', progress: bool =
     t0 = datetime.datetime.now()
     status = {'notebook': nb.name, 'started': t0.isoformat(timespec='seconds')}
     try:
-        pm.execute_notebook(str(nb), str(executed), parameters=params, kernel_name=kernel_name, language='python', cwd=str(nb.parent),
+        pm.execute_notebook(str(nb), str(executed), parameters=params, kernel_name=kernel_name, language='python',
+                            cwd=str(nb.parent),
                             progress_bar=progress, report_mode=False)
         status.update(status='ok')
     except pm.PapermillExecutionError as e:
@@ -322,18 +399,74 @@ def run_stage(run: Run, nb: Path, kernel_name: str = 'python3', progress: bool =
                  if 'papermill-error-cell-tag' not in c.get('metadata', {}).get('tags', [])]
         injected = sum('injected-parameters' in c.get('metadata', {}).get('tags', []) for c in cells[:e.cell_index])
         first_line = (e.source or '').strip().splitlines()[0][:80] if (e.source or '').strip() else ''
-        status.update(status='failed', cell=e.cell_index - injected + 1, cell_source=first_line, error=f'{e.ename}: {e.evalue}')
+        status.update(status='failed', cell=e.cell_index - injected + 1, cell_source=first_line,
+                      error=f'{e.ename}: {e.evalue}')
     status['seconds'] = round((datetime.datetime.now() - t0).total_seconds(), 1)
-    stages = _status(run); stages[nb.name] = status
-    write_json(stages, run.root / 'stages.json')
+    stages = _status(run, status_file); stages[nb.name] = status
+    write_json(stages, run.root / status_file)
     return status
 
-def reproduce(profile: str | Profile = 'demo', out=None, seed: int | None = None, resume: bool = False,
-              stages: list[str] | None = None, nbs_dir: Path = NBS_DIR) -> Run:
+# %% ../nbs/00_core.ipynb #5c3b1f8e
+def lesson_notebooks(
+    nbs_dir: Path = NBS_DIR,   # the notebooks folder of a checkout
+) -> list[Path]:
+    "The library notebooks: `NN*_*.ipynb` without a `parameters` cell, in filename order."
+    return [p for p in sorted(Path(nbs_dir).glob('[0-9][0-9]*_*.ipynb')) if not _has_parameters_cell(p)]
+
+def run_lessons(
+    run: Run,                  # the run whose `notebooks/` receives the executed copies
+    nbs_dir: Path = NBS_DIR,   # where the notebooks are
+    resume: bool = False,      # skip lessons that ran in an earlier run
+) -> dict:
+    "Execute the library notebooks into the run (a failure is recorded in `lessons.json`, never raised)."
+    done = _status(run, 'lessons.json')
+    for nb in lesson_notebooks(nbs_dir):
+        if resume and done.get(nb.name, {}).get('status') == 'ok' and (run.notebooks / nb.name).exists(): continue
+        st = run_stage(run, nb, progress=False, status_file='lessons.json')
+        print(f"    lesson {nb.name}: {st['status']} in {st['seconds']} s", flush=True)
+    return _status(run, 'lessons.json')
+
+
+# %% ../nbs/00_core.ipynb #bc95d596
+def write_html_report(
+    run: Run,                  # a run whose report.md and executed notebooks exist
+    nbs_dir: Path = NBS_DIR,   # source notebooks, rendered without outputs where the run has no executed copy
+) -> Path:
+    "Write `index.html` at the run's root: every notebook rendered to HTML (`html/`), then the report."
+    import mistune, nbformat
+    from nbconvert import HTMLExporter
+    (run.root / 'html').mkdir(exist_ok=True)
+    exporter, links = HTMLExporter(), []
+    for src in sorted(Path(nbs_dir).glob('[0-9][0-9]*_*.ipynb')):
+        nb = run.notebooks / src.name if (run.notebooks / src.name).exists() else src
+        body, _ = exporter.from_notebook_node(nbformat.read(str(nb), as_version=4))
+        with atomic_write(run.root / 'html' / f'{src.stem}.html') as fh: fh.write(body)
+        ran = '' if nb != src else ' (not executed in this run)'
+        links.append(f'<li><a href="html/{src.stem}.html">{src.stem}</a>{ran}</li>')
+    report = (run.root / 'report.md').read_text(encoding='utf-8') if (run.root / 'report.md').exists() else ''
+    style = ('body{font-family:sans-serif;max-width:72em;margin:auto}table{border-collapse:collapse}'
+             'td,th{border:1px solid #ccc;padding:2px 6px}img{max-width:100%}')
+    page = (f'<!doctype html><html><head><meta charset="utf-8"><title>mrrec: {run.root.name}</title>'
+            f'<style>{style}</style></head><body><h2>Notebooks</h2><ul>{"".join(links)}</ul>'
+            f'{mistune.html(report)}</body></html>')
+    with atomic_write(run.root / 'index.html') as fh: fh.write(page)
+    return run.root / 'index.html'
+
+
+# %% ../nbs/00_core.ipynb #6850d2c8
+def reproduce(
+    profile: str | Profile = 'demo',  # a profile name, TOML path or loaded Profile
+    out=None,                         # run folder (default runs/<profile>-seed<seed>)
+    seed: int | None = None,          # overrides the profile's seed
+    resume: bool = False,             # skip stages that finished in an earlier run
+    stages: list[str] | None = None,  # only stages whose file names start with these (e.g. ['01', '03'])
+    nbs_dir: Path = NBS_DIR,          # where the stage notebooks are
+) -> Run:
     "Run the stage notebooks in order under `profile`, then write the report; stops at the first failing stage."
     run = start_run(profile, out, seed)
     nbs = stage_notebooks(nbs_dir)
-    if not nbs: raise FileNotFoundError(f"no stage notebooks 01_*..08_* in {nbs_dir}: run from a checkout of mrrec")
+    if not nbs: raise FileNotFoundError(f"no stage notebooks (NN*_*.ipynb with a parameters cell) in {nbs_dir}: "
+                                    "run from a checkout of mrrec")
     if stages: nbs = [p for p in nbs if any(p.name.startswith(s) for s in stages)]
     done = _status(run)
     for i, nb in enumerate(nbs, 1):
@@ -347,19 +480,25 @@ def reproduce(profile: str | Profile = 'demo', out=None, seed: int | None = None
             raise StageFailed(f"stage {nb.name} failed in cell {st['cell']} ({st['cell_source']!r}): {st['error']} -- "
                               f"executed notebook with the traceback: {run.notebooks / nb.name}")
         print(f"    ok in {st['seconds']} s", flush=True)
+    if not stages: run_lessons(run, nbs_dir, resume)
     write_report(run)
+    write_html_report(run, nbs_dir)
     return run
 
 # %% ../nbs/00_core.ipynb #4406887c
-def write_report(run: Run) -> Path:
+def write_report(
+    run: Run,  # the run
+) -> Path:
     "Write `report.md` at the run's root from its metadata, stage statuses, tables and figures."
     meta, stages = read_json(run.root / 'run.json'), _status(run)
     lines = [f"# mrrec reproduction: profile `{meta['profile']}`, seed {meta['seed']}", '',
              run.profile.description, '',
              f"Started {meta['started']} on {meta['platform']}, Python {meta['python']}.", '',
              '## Stages', '', '| notebook | status | seconds |', '|---|---|---|']
-    lines += [f"| {k} | {v['status']}{' (cell ' + str(v.get('cell')) + ': ' + v.get('error', '') + ')' if v['status'] != 'ok' else ''} | {v['seconds']} |"
-              for k, v in sorted(stages.items())]
+    def _row(k, v):
+        failed = f" (cell {v.get('cell')}: {v.get('error', '')})" if v['status'] != 'ok' else ''
+        return f"| {k} | {v['status']}{failed} | {v['seconds']} |"
+    lines += [_row(k, v) for k, v in sorted(stages.items())]
     lines += ['', '## Package versions', '', ', '.join(f'{k} {v}' for k, v in meta['packages'].items() if v), '']
     for t in sorted(run.tables.glob('*.md')):
         lines += [f'## Table: {t.stem}', '', t.read_text(encoding='utf-8').rstrip(), '']
@@ -369,7 +508,9 @@ def write_report(run: Run) -> Path:
     with atomic_write(path) as fh: fh.write('\n'.join(lines) + '\n')
     return path
 
-def reproduce_main(argv: list[str]) -> int:
+def reproduce_main(
+    argv: list[str],  # the arguments after `mrrec reproduce`
+) -> int:
     "`mrrec reproduce --profile ci|demo|paper [--out DIR] [--seed N] [--resume] [--stages 01 02 ...]`"
     ap = run_arg_parser('mrrec reproduce', reproduce_main.__doc__)
     ap.add_argument('--resume', action='store_true', help='skip stages that finished in an earlier run')

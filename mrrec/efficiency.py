@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 from .core import Run, paper_numbers, read_json, write_json, write_table
-from .eval import (EvalConfig, RowSpec, experiment_settings, read_trajectories, recall_at_k,
-                        run_data_label, pyplot_agg, save_figure)
+from .metrics import recall_at_k
+from .experiments import RowSpec, experiment_settings, read_trajectories
+from .eval import EvalConfig, run_data_label, pyplot_agg, save_figure
 
 # %% auto #0
 __all__ = ['T4_QUANTITIES', 'T4_EFFICIENCY_ROWS', 'EFFICIENCY_TABLES', 'with_cost', 'indexing_table', 'token_efficiency_specs',
@@ -21,10 +22,15 @@ __all__ = ['T4_QUANTITIES', 'T4_EFFICIENCY_ROWS', 'EFFICIENCY_TABLES', 'with_cos
 T4_QUANTITIES = ('source_users', 'entries', 'llm_calls', 'input_tokens_M', 'output_tokens_M', 'total_time_s',
                  'per_entry_time_s', 'per_user_time_s', 'api_cost_usd', 'per_entry_cost_usd')
 
-def with_cost(acct: pd.DataFrame, price_in_per_1m: float = 0.0, price_out_per_1m: float = 0.0) -> pd.DataFrame:
+def with_cost(
+    acct: pd.DataFrame,             # indexing accounting rows (`indexing_accounting`)
+    price_in_per_1m: float = 0.0,   # USD per million input tokens
+    price_out_per_1m: float = 0.0,  # USD per million output tokens
+) -> pd.DataFrame:
     "Indexing accounting rows with `api_cost_usd`, `per_entry_cost_usd` and `per_user_time_s` added."
     a = acct.copy()
-    a['api_cost_usd'] = a['input_tokens'].astype(float) * price_in_per_1m / 1e6 + a['output_tokens'].astype(float) * price_out_per_1m / 1e6
+    a['api_cost_usd'] = (a['input_tokens'].astype(float) * price_in_per_1m / 1e6
+                         + a['output_tokens'].astype(float) * price_out_per_1m / 1e6)
     entries, users = a['entries'].astype(float), a['source_users'].astype(float)
     a['per_entry_cost_usd'] = (a['api_cost_usd'] / entries.where(entries > 0))
     a['per_user_time_s'] = (a['total_time_s'].astype(float) / users.where(users > 0))
@@ -33,88 +39,132 @@ def with_cost(acct: pd.DataFrame, price_in_per_1m: float = 0.0, price_out_per_1m
 def _cell(v):
     "A table cell: integers as they are, other numbers to 5 significant digits, missing as ''."
     if v is None or (isinstance(v, float) and np.isnan(v)): return ''
-    if isinstance(v, (int, np.integer)) or (isinstance(v, (float, np.floating)) and float(v).is_integer() and abs(v) < 1e15): return int(v)
+    if isinstance(v, (int,
+                      np.integer)) or (isinstance(v, (float, np.floating)) and float(v).is_integer() and abs(v) < 1e15):
+        return int(v)
     if isinstance(v, (float, np.floating)): return float(f'{float(v):.5g}')
     return v
 
-def indexing_table(acct: pd.DataFrame, paper: pd.DataFrame | None, llm_name: str, data_label: str = '') -> pd.DataFrame:
-    "T4 (indexing) as quantity x memory: this run's `local`/`global` beside the paper's, then the baselines this run built."
+def indexing_table(
+    acct: pd.DataFrame,          # `with_cost` rows
+    paper: pd.DataFrame | None,  # the paper's Table 4 (indexing), or None
+    llm_name: str,               # the run's LLM
+    data_label: str = '',        # what the numbers are measured on
+) -> pd.DataFrame:
+    "T4 (indexing), quantity x memory: this run's `local`/`global` beside the paper's, then this run's baselines."
     mem = acct.set_index('memory') if len(acct) else pd.DataFrame()
     pap = paper.set_index('memory') if paper is not None else pd.DataFrame()
     cols = {}
     for m in ('local', 'global'):
-        cols[f'{m} (this run)'] = [mem.loc[m, q] if m in mem.index and q in mem.columns else np.nan for q in T4_QUANTITIES] + \
+        cols[f'{m} (this run)'] = [mem.loc[m, q] if m in mem.index and q in mem.columns else np.nan
+                                   for q in T4_QUANTITIES] + \
                                   [llm_name if m in mem.index else '(not built)', data_label]
-        cols[f'{m} (paper)'] = [pap.loc[m, q] if m in pap.index and q in pap.columns else np.nan for q in T4_QUANTITIES] + \
+        cols[f'{m} (paper)'] = [pap.loc[m, q] if m in pap.index and q in pap.columns else np.nan
+                                for q in T4_QUANTITIES] + \
                                [pap.loc[m, 'llm'] if m in pap.index else '', 'Amazon-C4']
     for m in [m for m in mem.index if m not in ('local', 'global')]:
-        cols[f'{m} baseline (this run)'] = [mem.loc[m, q] if q in mem.columns else np.nan for q in T4_QUANTITIES] + [llm_name, data_label]
-    return pd.DataFrame({'quantity': [*T4_QUANTITIES, 'llm', 'data'], **{k: pd.Series([_cell(x) for x in v], dtype=object) for k, v in cols.items()}})
+        cols[f'{m} baseline (this run)'] = [mem.loc[m, q] if q in mem.columns else np.nan for q in T4_QUANTITIES] + \
+                                           [llm_name, data_label]
+    return pd.DataFrame({'quantity': [*T4_QUANTITIES, 'llm', 'data'],
+                         **{k: pd.Series([_cell(x) for x in v], dtype=object) for k, v in cols.items()}})
 
 # %% ../nbs/08_efficiency.ipynb #c846ac14
-T4_EFFICIENCY_ROWS = {'LLM, naive memory (latest 10)': 'recent 10 interactions', 'LLM, static memory (summary)': 'static user profile',
+T4_EFFICIENCY_ROWS = {'LLM, naive memory (latest 10)': 'recent 10 interactions',
+                      'LLM, static memory (summary)': 'static user profile',
                       'MR.Rec': 'MR.Rec'}   # T1 row -> the paper's T4 row
 
-def token_efficiency_specs(available=(), agent_cfg=None) -> list[RowSpec]:
+def token_efficiency_specs(
+    available=(),    # settings with finished trajectories
+    agent_cfg=None,  # [agent] settings (F6 rows); None: the defaults
+) -> list[RowSpec]:
     "T4's retrieval rows: the settings of T1's naive, static and MR.Rec rows (the RL policy's MR.Rec when it was run)."
     t1 = experiment_settings(available, agent_cfg).query("experiment == 'T1'").set_index('row')['setting']
-    return [RowSpec(t1[row], {'memory setting': name}, {'memory_setting': name}, name) for row, name in T4_EFFICIENCY_ROWS.items()]
+    return [RowSpec(t1[row], {'memory setting': name}, {'memory_setting': name}, name) for row,
+            name in T4_EFFICIENCY_ROWS.items()]
 
-_EFF = (('avg_memory_tokens', 'avg_memory_tokens'), ('R@100', 'recall_at_100'), ('efficiency', 'efficiency_r100_per_100_tokens'))
+_EFF = (('avg_memory_tokens', 'avg_memory_tokens'), ('R@100', 'recall_at_100'),
+        ('efficiency', 'efficiency_r100_per_100_tokens'))
 
-def token_efficiency_table(traj: pd.DataFrame, rows: list[RowSpec], paper: pd.DataFrame | None = None, data_label: str = '') -> pd.DataFrame:
+def token_efficiency_table(
+    traj: pd.DataFrame,                 # trajectory records
+    rows: list[RowSpec],                # `token_efficiency_specs`
+    paper: pd.DataFrame | None = None,  # the paper's Table 4 (token efficiency), or None
+    data_label: str = '',               # what the numbers are measured on
+) -> pd.DataFrame:
     "Average memory tokens, R@100 and R@100 per 100 memory tokens of each row's setting, beside the paper's T4."
     out = []
     for r in rows:
         t = traj[traj['setting'] == r.setting] if len(traj) else traj
         if 'has_local_memory' in t and t['has_local_memory'].eq(True).any(): t = t[t['has_local_memory'].eq(True)]
         row = {**r.labels, 'setting': r.setting, 'queries': len(t)}
-        tokens = pd.to_numeric(t['memory_tokens'], errors='coerce') if 'memory_tokens' in t else pd.Series(np.nan, index=t.index)
+        tokens = (pd.to_numeric(t['memory_tokens'], errors='coerce') if 'memory_tokens' in t
+                  else pd.Series(np.nan, index=t.index))
         row['avg_memory_tokens'] = float(tokens.mean()) if len(t) and tokens.notna().all() else np.nan
         row['R@100'] = float(recall_at_k(t['rank'].to_numpy(), 100).mean()) if len(t) else np.nan
         row['efficiency'] = 100 * row['R@100'] / row['avg_memory_tokens'] if row['avg_memory_tokens'] > 0 else np.nan
-        p = paper[paper['memory_setting'] == r.paper['memory_setting']] if paper is not None and r.paper else pd.DataFrame()
+        p = (paper[paper['memory_setting'] == r.paper['memory_setting']] if paper is not None and r.paper
+             else pd.DataFrame())
         for ours, theirs in _EFF: row[f'{ours} (paper)'] = float(p[theirs].iloc[0]) if len(p) else np.nan
         row['paper llm'] = p['llm'].iloc[0] if len(p) else ''
         row['data'] = data_label
         row['note'] = (f"no finished trajectories of setting '{r.setting}'" if not len(t) else
                        'records lack memory_tokens' if not tokens.notna().all() else '')
         out.append(row)
-    cols = ['memory setting', 'setting', 'queries', *[c for o, _ in _EFF for c in (o, f'{o} (paper)')], 'paper llm', 'data', 'note']
+    cols = ['memory setting', 'setting', 'queries', *[c for o, _ in _EFF for c in (o, f'{o} (paper)')], 'paper llm',
+            'data', 'note']
     return pd.DataFrame(out, columns=cols)
 
 # %% ../nbs/08_efficiency.ipynb #2dc4d7de
-def notebook_timings(run: Run) -> pd.DataFrame:
+def notebook_timings(
+    run: Run,  # the run whose `stages.json` is read
+) -> pd.DataFrame:
     "Wall time and status of each stage notebook of the run (`stages.json`); one note row if the run has none."
     p = run.root / 'stages.json'
     cols = ['notebook', 'status', 'seconds', 'note']
     if not p.is_file():
         return pd.DataFrame([{'notebook': '', 'status': '', 'seconds': np.nan,
-                              'note': f'no {p.name}: stages were run one by one, not by `mrrec reproduce`'}], columns=cols)
+                              'note': f'no {p.name}: stages were run one by one, not by `mrrec reproduce`'}],
+                            columns=cols)
     try: stages = read_json(p)
     except json.JSONDecodeError as e: raise ValueError(f"{p}: not valid JSON: {e}") from None
     rows = []
     for nb, st in sorted(stages.items()):
         if not isinstance(st, dict) or 'seconds' not in st: raise ValueError(f"{p}: entry {nb!r} has no 'seconds'")
-        rows.append({'notebook': nb, 'status': st.get('status', ''), 'seconds': float(st['seconds']), 'note': st.get('error', '')})
+        rows.append({'notebook': nb, 'status': st.get('status', ''), 'seconds': float(st['seconds']),
+                     'note': st.get('error', '')})
     rows.append({'notebook': 'total', 'status': '', 'seconds': sum(r['seconds'] for r in rows), 'note': ''})
     return pd.DataFrame(rows, columns=cols)
 
-def model_call_timings(ledger_rows: list[dict]) -> pd.DataFrame:
-    "Model calls per pipeline part (the ledger stage before its first dot) and kind: calls, cache hits, tokens, seconds, cost."
+def model_call_timings(
+    ledger_rows: list[dict],  # the run ledger's records
+) -> pd.DataFrame:
+    "Model calls per part (the ledger stage before its first dot) and kind: calls, cache hits, tokens, seconds, cost."
     cols = ['part', 'kind', 'calls', 'requests', 'cached', 'input_tokens', 'output_tokens', 'wall_s', 'cost_usd']
-    if not ledger_rows: return pd.DataFrame([{'part': '', 'note': 'no model calls recorded (no logs/model_calls.jsonl)'}], columns=cols + ['note'])
+    if not ledger_rows:
+        return pd.DataFrame([{'part': '', 'note': 'no model calls recorded (no logs/model_calls.jsonl)'}],
+                            columns=cols + ['note'])
     df = pd.DataFrame(ledger_rows)
     for c in cols[3:]: df[c] = pd.to_numeric(df[c], errors='coerce').fillna(0) if c in df else 0
     df['part'] = df['stage'].astype(str).str.split('.').str[0]
-    g = df.groupby(['part', 'kind'], sort=False).agg(calls=('requests', 'size'), **{c: (c, 'sum') for c in cols[3:]}).reset_index()
-    return g.astype({c: 'int64' for c in ('calls', 'requests', 'cached', 'input_tokens', 'output_tokens')})[cols].assign(note='')
+    g = df.groupby(['part', 'kind'], sort=False).agg(calls=('requests', 'size'),
+                                                     **{c: (c, 'sum') for c in cols[3:]}).reset_index()
+    return g.astype({c: 'int64' for c in ('calls', 'requests', 'cached', 'input_tokens',
+                                          'output_tokens')})[cols].assign(note='')
 
 # %% ../nbs/08_efficiency.ipynb #3fdd7299
-def search_scaling(texts: list[str], queries: list[str], sizes, dim: int = 384, repeats: int = 3, k: int = 1000,
-                   seed: int = 0, threads: int = 1, progress: bool = False) -> pd.DataFrame:
-    "Index-build seconds and median milliseconds per query of BM25 (over `texts[:n]`) and exact dense search (random vectors) per pool size n."
-    from mrrec.retrieval import BM25Index, DenseIndex
+def search_scaling(
+    texts: list[str],        # item texts; pools are their prefixes
+    queries: list[str],      # BM25 queries
+    sizes,                   # pool sizes
+    dim: int = 384,          # dimension of the random dense vectors
+    repeats: int = 3,        # searches timed per size (the median counts)
+    k: int = 1000,           # hits per query (at most the pool)
+    seed: int = 0,           # seed of the random vectors
+    threads: int = 1,        # faiss threads
+    progress: bool = False,  # show a progress bar
+) -> pd.DataFrame:
+    "Per pool size: index-build seconds and median ms per query of BM25 and of exact dense search (random vectors)."
+    from mrrec.search import BM25Index, DenseIndex
     sizes = sorted(int(n) for n in sizes)
     if sizes[-1] > len(texts): raise ValueError(f"largest pool size {sizes[-1]} exceeds the {len(texts)} texts given")
     rng = np.random.default_rng(seed)
@@ -129,50 +179,73 @@ def search_scaling(texts: list[str], queries: list[str], sizes, dim: int = 384, 
         kk = min(k, n)
         for name, build, search in (
                 ('BM25 (bm25s)', lambda: BM25Index().index(texts[:n]), lambda idx: idx.search(queries, k=kk)),
-                ('dense exact (faiss flat)', lambda: DenseIndex.build(vecs[:n], 'flat', threads=threads), lambda idx: idx.search_vectors(qv, k=kk))):
+                ('dense exact (faiss flat)', lambda: DenseIndex.build(vecs[:n], 'flat', threads=threads),
+                 lambda idx: idx.search_vectors(qv, k=kk))):
             t0 = time.perf_counter(); idx = build(); index_s = time.perf_counter() - t0
             times = []
             for _ in range(repeats):
                 t0 = time.perf_counter(); res = search(idx); times.append(time.perf_counter() - t0)
-            rows.append({'retriever': name, 'pool_size': n, 'index_s': index_s, 'ms_per_query': 1000 * float(np.median(times)) / len(queries),
+            rows.append({'retriever': name, 'pool_size': n, 'index_s': index_s,
+                         'ms_per_query': 1000 * float(np.median(times)) / len(queries),
                          'queries': len(queries), 'k': kk, 'hits_per_query': float((res.rows >= 0).sum(1).mean())})
     return pd.DataFrame(rows)
 
-def plot_scaling(table: pd.DataFrame, path, title: str) -> Path:
+def plot_scaling(
+    table: pd.DataFrame,  # `search_scaling`
+    path,                 # the PNG file
+    title: str,           # the figure's title
+) -> Path:
     "Log-log panels: index build time and time per query against pool size, one line per retriever."
     plt = pyplot_agg()
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
     for ax, col, name in zip(axes, ('index_s', 'ms_per_query'), ('index build (s)', 'search (ms per query)')):
         for r, g in table.groupby('retriever', sort=False): ax.plot(g['pool_size'], g[col], 'o-', label=r)
-        ax.set_xscale('log'); ax.set_yscale('log'); ax.set_xlabel('items in the pool'); ax.set_title(name, fontsize=10); ax.grid(alpha=.3, which='both')
+        ax.set_xscale('log')
+        ax.set_yscale('log')
+        ax.set_xlabel('items in the pool'); ax.set_title(name, fontsize=10); ax.grid(alpha=.3, which='both')
     axes[0].legend(fontsize=8)
     fig.suptitle(title, fontsize=10); fig.tight_layout()
     return save_figure(fig, path)
 
 # %% ../nbs/08_efficiency.ipynb #157b0ecb
-EFFICIENCY_TABLES = ('t4_indexing', 't4_token_efficiency', 'timings_notebooks', 'timings_model_calls', 'scaling_item_search')
+EFFICIENCY_TABLES = ('t4_indexing', 't4_token_efficiency', 'timings_notebooks', 'timings_model_calls',
+                     'scaling_item_search')
 
-def scaling_texts(run: Run, n_items: int, n_queries: int) -> tuple[list[str], list[str]]:
+def scaling_texts(
+    run: Run,        # the run (its cache and seed)
+    n_items: int,    # pool size
+    n_queries: int,  # queries returned
+) -> tuple[list[str], list[str]]:
     "Item texts and queries of a SynthC4 pool of `n_items` (generated once under the run's cache, seeded by the run)."
-    from mrrec.data import DataConfig, ensure_synthc4, read_c4_queries, read_item_pool, synth_files
+    from mrrec.data import DataConfig, read_c4_queries, read_item_pool
+    from mrrec.synthc4 import ensure_synthc4, synth_files
     folder = run.cache / 'scaling' / f'synthc4-{n_items}'
-    cfg = DataConfig(n_items=n_items, n_queries=max(n_queries, 10), n_categories=max(1, min(28, n_items // 4000)), types_per_category=2)
+    cfg = DataConfig(n_items=n_items, n_queries=max(n_queries, 10), n_categories=max(1, min(28, n_items // 4000)),
+                     types_per_category=2)
     ensure_synthc4(folder, cfg, seed=run.seed, progress=False)
     files = synth_files(folder)
-    return read_item_pool(files['pool'])['metadata'].tolist(), read_c4_queries(files['queries'])['query'].tolist()[:n_queries]
+    texts = read_item_pool(files['pool'])['metadata'].tolist()
+    return texts, read_c4_queries(files['queries'])['query'].tolist()[:n_queries]
 
-def efficiency_run(run: Run, cfg: EvalConfig | None = None, scaling: bool = True, progress: bool = True) -> dict[str, pd.DataFrame]:
-    "Build, write and return T4, the timing tables and (if `scaling`) the item-search scaling table and figure of `run`."
+def efficiency_run(
+    run: Run,                       # the run whose manifests, trajectories and ledger are read
+    cfg: EvalConfig | None = None,  # [eval] settings; None: the profile's
+    scaling: bool = True,           # also measure item search against pool size
+    progress: bool = True,          # show progress bars
+) -> dict[str, pd.DataFrame]:
+    "Build, write and return T4, the timing tables and (if `scaling`) the item-search scaling table and figure."
     from mrrec.global_memory import indexing_accounting
     from mrrec.llm import llm_config, run_ledger
     cfg = cfg or run.profile.section(EvalConfig)
     label = run_data_label(run)
     llm = llm_config(run.profile)
     acct = indexing_accounting(run.memory / 'local', run.memory / 'global')
-    if not len(acct): print(f"note: no memory manifests under {run.memory} (run 03_local_memory and 04_global_memory first)")
-    t = {'t4_indexing': indexing_table(with_cost(acct, llm.price_in_per_1m, llm.price_out_per_1m), paper_numbers('table4_indexing'), llm.model, label)}
+    if not len(acct):
+        print(f"note: no memory manifests under {run.memory} (run 03_local_memory and 04_global_memory first)")
+    t = {'t4_indexing': indexing_table(with_cost(acct, llm.price_in_per_1m, llm.price_out_per_1m),
+                                       paper_numbers('table4_indexing'), llm.model, label)}
     traj = read_trajectories(run.trajectories)
-    from mrrec.retrieval import AgentConfig
+    from mrrec.agent import AgentConfig
     specs = token_efficiency_specs(set(traj['setting']) if len(traj) else (), run.profile.section(AgentConfig))
     t['t4_token_efficiency'] = token_efficiency_table(traj, specs, paper_numbers('table4_token_efficiency'), label)
     t['timings_notebooks'] = notebook_timings(run)
@@ -180,15 +253,21 @@ def efficiency_run(run: Run, cfg: EvalConfig | None = None, scaling: bool = True
     t['timings_model_calls'] = model_call_timings(run_ledger(run).records() if ledger.is_file() else [])
     if scaling:
         texts, queries = scaling_texts(run, max(cfg.scaling_pool_sizes), cfg.scaling_queries)
-        sc = search_scaling(texts, queries, cfg.scaling_pool_sizes, cfg.scaling_dim, cfg.scaling_repeats, seed=run.seed, progress=progress)
-        t['scaling_item_search'] = sc.assign(threads=1, cpu_count=os.cpu_count(), data='SynthC4 text (synthetic) / random vectors')
+        sc = search_scaling(texts, queries, cfg.scaling_pool_sizes, cfg.scaling_dim, cfg.scaling_repeats, seed=run.seed,
+                            progress=progress)
+        t['scaling_item_search'] = sc.assign(threads=1, cpu_count=os.cpu_count(),
+                                             data='SynthC4 text (synthetic) / random vectors')
         plot_scaling(sc, run.figures / 'scaling_item_search.png',
-                     f'Item search vs pool size on this machine (BM25: SynthC4 text, synthetic; dense: random {cfg.scaling_dim}-d vectors)')
+                     f'Item search vs pool size on this machine (BM25: SynthC4 text, synthetic; dense: random '
+                     f'{cfg.scaling_dim}-d vectors)')
     for name, df in t.items(): write_table(df, run.tables / name)
     return t
 
-def efficiency_main(argv: list[str]) -> int:
-    "`mrrec efficiency --profile ci|demo|paper [--out DIR] [--seed N] [--no-scaling]`: write T4, timings and the scaling plot."
+# %% ../nbs/08_efficiency.ipynb #a67b819a
+def efficiency_main(
+    argv: list[str],  # command-line arguments after `mrrec efficiency`
+) -> int:
+    "`mrrec efficiency --profile ci|demo|paper [--out DIR] [--seed N] [--no-scaling]`: T4, timings, scaling plot."
     from mrrec.core import run_arg_parser, start_run
     ap = run_arg_parser('mrrec efficiency', 'T4 (cost and efficiency), stage timings, item-search scaling.')
     ap.add_argument('--no-scaling', action='store_true', help='skip the item-search scaling measurement')

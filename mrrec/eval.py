@@ -7,15 +7,16 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 from .metrics import DEFAULT_KS, metric_columns, metric_table, ndcg_at_k, recall_at_k
+from .text import clip_text, content_words
+from .experiments import RowSpec, experiment_specs, read_trajectories, trajectory_settings
 
 # %% auto #0
 __all__ = ['PAPER_METRICS', 'JUDGE_SYSTEM', 'JUDGE_QUESTIONS', 'MEMORY_NAMES', 'JUDGE_EXAMPLES', 'JUDGE_CONTROLS', 'MEMORY_KINDS',
            'GLOBAL_HEADING', 'F4_QUANTITIES', 'F4_PAPER', 'F4_PANELS', 'F6_METRICS', 'EVAL_TABLES', 'EvalConfig',
-           'RowSpec', 'run_data_label', 'experiment_table', 'save_figure', 'pyplot_agg', 'plot_bars', 'plot_lines',
-           'memory_text', 'keyword_contribution', 'judge_prompt', 'parse_judgement', 'prompt_aspects',
-           'strip_entry_ids', 'contribution_inputs', 'heuristic_contribution', 'llm_contribution', 't3_table',
-           'read_reward_logs', 'f4_summary', 'plot_reward_trajectories', 'curve_table', 'f6_table', 'evaluate_run',
-           'eval_main']
+           'run_data_label', 'experiment_table', 'save_figure', 'pyplot_agg', 'plot_bars', 'plot_lines', 'memory_text',
+           'keyword_contribution', 'judge_prompt', 'parse_judgement', 'prompt_aspects', 'strip_entry_ids',
+           'contribution_inputs', 'heuristic_contribution', 'llm_contribution', 't3_table', 'read_reward_logs',
+           'f4_summary', 'plot_reward_trajectories', 'curve_table', 'f6_table', 'evaluate_run', 'eval_main']
 
 # %% ../nbs/07_eval.ipynb #66975467
 import dataclasses, json, os, re, time
@@ -33,7 +34,8 @@ class EvalConfig:
     judge: bool = True                    # T3: also judge with the run's LLM
     judge_llm_section: str = 'llm'        # profile table of the judging LLM ([llm] = the run's LLM)
     judge_queries: int = 0                # queries judged per memory type (0 = all that have that memory)
-    judge_examples: bool = True           # show a worked yes and no example before each question (small models need them)
+    # show a worked yes and no example before each question (small models need them)
+    judge_examples: bool = True
     judge_controls: bool = True           # also judge 4 hand-made cases with known answers, to show how far to trust it
     judge_max_new_tokens: int = 24
     judge_memory_chars: int = 600         # memory text shown to the judge
@@ -46,28 +48,25 @@ class EvalConfig:
     def __post_init__(self):
         bad = []
         if not self.ks or min(self.ks) < 1: bad.append(f"ks must be positive cutoffs, got {self.ks}")
-        if not self.curve_ks or min(self.curve_ks) < 1: bad.append(f"curve_ks must be positive cutoffs, got {self.curve_ks}")
+        if not self.curve_ks or min(self.curve_ks) < 1:
+            bad.append(f"curve_ks must be positive cutoffs, got {self.curve_ks}")
         if self.min_keyword_overlap < 1: bad.append(f"min_keyword_overlap must be >= 1, got {self.min_keyword_overlap}")
         if self.judge_queries < 0: bad.append(f"judge_queries must be >= 0 (0 = all), got {self.judge_queries}")
         if self.judge_max_new_tokens < 1: bad.append("judge_max_new_tokens must be >= 1")
-        if min(self.judge_memory_chars, self.judge_text_chars) < 20: bad.append("judge_memory_chars and judge_text_chars must be >= 20")
-        if not self.scaling_pool_sizes or min(self.scaling_pool_sizes) < 10: bad.append(f"scaling_pool_sizes must be >= 10, got {self.scaling_pool_sizes}")
-        if self.scaling_queries < 1 or self.scaling_repeats < 1 or self.scaling_dim < 1: bad.append("scaling_queries, scaling_repeats and scaling_dim must be >= 1")
+        if min(self.judge_memory_chars, self.judge_text_chars) < 20:
+            bad.append("judge_memory_chars and judge_text_chars must be >= 20")
+        if not self.scaling_pool_sizes or min(self.scaling_pool_sizes) < 10:
+            bad.append(f"scaling_pool_sizes must be >= 10, got {self.scaling_pool_sizes}")
+        if self.scaling_queries < 1 or self.scaling_repeats < 1 or self.scaling_dim < 1:
+            bad.append("scaling_queries, scaling_repeats and scaling_dim must be >= 1")
         if bad: raise ValueError('[eval] ' + '; '.join(bad))
 
 # %% ../nbs/07_eval.ipynb #253e87b0
-@dataclass(frozen=True)
-class RowSpec:
-    "One row of a results table: the trajectory setting (None: paper only), its labels, the paper row beside it (None: no paper number)."
-    setting: str | None
-    labels: dict
-    paper: dict | None = None
-    paper_label: str = ''
-    note: str = ''                      # said when the row has no trajectories
-
 PAPER_METRICS = ('R@100', 'R@10', 'N@100', 'N@10')
 
-def run_data_label(run: Run) -> str:
+def run_data_label(
+    run: Run,  # the run whose data manifest is read
+) -> str:
     "What the run's numbers are measured on, for table columns and figure titles."
     p = run.data / 'data_manifest.json'
     if not p.is_file(): return 'no data stage output'
@@ -83,8 +82,15 @@ def _paper_value(paper: pd.DataFrame | None, key: dict | None, metric: str):
     if len(vals) > 1: raise ValueError(f"paper row {key} {metric} is not unique ({len(vals)} rows)")
     return float(vals.iloc[0]) if len(vals) else np.nan
 
-def experiment_table(traj: pd.DataFrame, rows: list[RowSpec], paper: pd.DataFrame | None = None,
-                     metrics=PAPER_METRICS, ks=DEFAULT_KS, per_category: bool = False, data_label: str = '') -> pd.DataFrame:
+def experiment_table(
+    traj: pd.DataFrame,                 # trajectory records (`read_trajectories`)
+    rows: list[RowSpec],                # the table's rows
+    paper: pd.DataFrame | None = None,  # a paper table (tidy: metric, value, keys), or None
+    metrics=PAPER_METRICS,              # metric columns, each followed by the paper's
+    ks=DEFAULT_KS,                      # cutoffs computed
+    per_category: bool = False,         # also one row per category
+    data_label: str = '',               # what the numbers are measured on
+) -> pd.DataFrame:
     "Metrics of each row's setting (All, and each category if `per_category`), each beside the paper's number."
     label_cols = list(dict.fromkeys(k for r in rows for k in r.labels))
     settings = [r.setting for r in rows if r.setting]
@@ -92,7 +98,8 @@ def experiment_table(traj: pd.DataFrame, rows: list[RowSpec], paper: pd.DataFram
     wide = pd.DataFrame(columns=['setting', 'category', 'queries', *metrics])
     if len(have):
         long = metric_table(have, by=('setting',), ks=ks, per_category=per_category)
-        wide = long.pivot_table(index=['setting', 'category', 'queries'], columns='metric', values='value', sort=False).reset_index()
+        wide = long.pivot_table(index=['setting', 'category', 'queries'], columns='metric', values='value',
+                                sort=False).reset_index()
     paper_cats = paper is not None and 'category' in paper.columns
     out = []
     for r in rows:
@@ -108,13 +115,18 @@ def experiment_table(traj: pd.DataFrame, rows: list[RowSpec], paper: pd.DataFram
                 row[f'{m} (paper)'] = _paper_value(paper, key, m)
             row['paper row'] = r.paper_label if r.paper is not None else '(not reported as a number)'
             row['data'] = data_label if r.setting else ''
-            row['note'] = '' if len(got) else (r.note or ('not run here' if not r.setting else f"no finished trajectories of setting '{r.setting}'"))
+            missing = 'not run here' if not r.setting else f"no finished trajectories of setting '{r.setting}'"
+            row['note'] = '' if len(got) else (r.note or missing)
             out.append(row)
-    return pd.DataFrame(out, columns=[*label_cols, 'setting', 'category', 'queries', *[c for m in metrics for c in (m, f'{m} (paper)')],
+    return pd.DataFrame(out, columns=[*label_cols, 'setting', 'category', 'queries',
+                                      *[c for m in metrics for c in (m, f'{m} (paper)')],
                                       'paper row', 'data', 'note'])
 
 # %% ../nbs/07_eval.ipynb #cdce4541
-def save_figure(fig, path) -> Path:
+def save_figure(
+    fig,   # a matplotlib figure
+    path,  # the PNG file
+) -> Path:
     "Write a matplotlib figure as PNG to `path`, atomically, and close it."
     import matplotlib.pyplot as plt
     path = Path(path)
@@ -129,7 +141,13 @@ def pyplot_agg():
     import matplotlib.pyplot as plt
     return plt
 
-def plot_bars(table: pd.DataFrame, label_col: str, metrics, path, title: str) -> Path:
+def plot_bars(
+    table: pd.DataFrame,  # one bar per row
+    label_col: str,       # the column that names the bars
+    metrics,              # one group of bars per metric
+    path,                 # the PNG file
+    title: str,           # the figure's title
+) -> Path:
     "Grouped bars: one group per metric, one bar per row of `table` (its `label_col`); paper numbers as black crosses."
     plt = pyplot_agg()
     metrics = list(metrics)
@@ -142,21 +160,34 @@ def plot_bars(table: pd.DataFrame, label_col: str, metrics, path, title: str) ->
         ax.bar(x, np.nan_to_num(vals), width * 0.92, label=label)
         paper = np.array([row.get(f'{m} (paper)', np.nan) for m in metrics], dtype=float)
         ok = ~np.isnan(paper)
-        if ok.any(): ax.plot(x[ok], paper[ok], 'kx', ms=7, mew=2, label='paper' if i == 0 or 'paper' not in ax.get_legend_handles_labels()[1] else None)
+        if ok.any():
+            ax.plot(x[ok], paper[ok], 'kx', ms=7, mew=2,
+                    label='paper' if i == 0 or 'paper' not in ax.get_legend_handles_labels()[1] else None)
     ax.set_xticks(np.arange(len(metrics)), metrics); ax.set_ylabel('value'); ax.grid(axis='y', alpha=.3)
     ax.legend(fontsize=8, ncol=2); ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return save_figure(fig, path)
 
-def plot_lines(table: pd.DataFrame, x: str, series: str, metrics, path, title: str, logx: bool = False, dashed=()) -> Path:
-    "One panel per metric: `metrics` against `x`, one line per value of `series` (dashed if its name contains one of `dashed`); paper numbers as black crosses."
+# %% ../nbs/07_eval.ipynb #0311c0a5
+def plot_lines(
+    table: pd.DataFrame,  # tidy rows: `x`, `series` and the metrics
+    x: str,               # the x-axis column
+    series: str,          # one line per value of this column
+    metrics,              # one panel per metric
+    path,                 # the PNG file
+    title: str,           # the figure's title
+    logx: bool = False,   # log-scaled x axis
+    dashed=(),            # series whose name contains one of these are dashed
+) -> Path:
+    "One panel per metric against `x`, one line per `series` value; paper numbers as black crosses."
     plt = pyplot_agg()
     metrics = list(metrics)
     fig, axes = plt.subplots(1, len(metrics), figsize=(3.8 * len(metrics), 3.4), squeeze=False)
     for ax, m in zip(axes[0], metrics):
         for name, g in table.groupby(series, sort=False):
             g = g.sort_values(x)
-            ax.plot(g[x], g[m], 'o--' if any(d in str(name) for d in dashed) else 'o-', label=str(name) + ('' if g[m].notna().any() else ' (not run)'))
+            ax.plot(g[x], g[m], 'o--' if any(d in str(name) for d in dashed) else 'o-',
+                    label=str(name) + ('' if g[m].notna().any() else ' (not run)'))
             if f'{m} (paper)' in g and g[f'{m} (paper)'].notna().any():
                 ax.plot(g[x], g[f'{m} (paper)'], 'kx', ms=7, mew=2, label='paper')
         xs = np.sort(pd.to_numeric(table[x], errors='coerce').dropna().unique())
@@ -169,8 +200,10 @@ def plot_lines(table: pd.DataFrame, x: str, series: str, metrics, path, title: s
     return save_figure(fig, path)
 
 # %% ../nbs/07_eval.ipynb #cb049537
-def memory_text(value) -> str:
-    "The text of a memory field of a trajectory: a string, a list of entries (dicts with `text`, or strings), or a mapping."
+def memory_text(
+    value,  # a memory field of a trajectory record
+) -> str:
+    "The text of a trajectory's memory field: a string, a list of entries (dicts with `text`, or strings), a mapping."
     if value is None or (isinstance(value, float) and np.isnan(value)): return ''
     if isinstance(value, str): return value
     if isinstance(value, dict):
@@ -178,8 +211,13 @@ def memory_text(value) -> str:
     if isinstance(value, (list, tuple, np.ndarray)): return ' \n'.join(t for t in (memory_text(v) for v in value) if t)
     return str(value)
 
-def keyword_contribution(memories, others, queries, min_overlap: int = 1) -> np.ndarray:
-    "Per row: 1 if the memory's keywords beyond the query share >= `min_overlap` words with `others`, else 0; NaN without memory."
+def keyword_contribution(
+    memories,              # memory texts, one per row
+    others,                # the texts they should reach (profiles or items)
+    queries,               # the requests (their words add nothing)
+    min_overlap: int = 1,  # shared keywords needed
+) -> np.ndarray:
+    "Per row: 1 if the memory's keywords beyond the query share >= `min_overlap` words with `others`; NaN: none."
     out = []
     for mem, other, q in zip(memories, others, queries):
         added = content_words(mem) - content_words(q)
@@ -194,34 +232,44 @@ JUDGE_QUESTIONS = {
     'MPC': ('Ideal item profile the assistant wrote',
             'Does this profile use information from the memory, beyond what the request itself says?', 'used'),
     'MRC': ('Item the user actually bought',
-            'Is the memory relevant to this item: does it name preferences or aspects that the item matches?', 'relevant'),
+            'Is the memory relevant to this item: does it name preferences or aspects that the item matches?',
+            'relevant'),
 }
 MEMORY_NAMES = {'global': 'Cross-user memory (aspects shoppers weigh)', 'local': "This user's memory"}
-
-def _clip(s: str, n: int) -> str:
-    s = ' '.join(str(s).split())
-    return s if len(s) <= n else s[:n - 3] + '...'
 
 # Worked examples (one yes, one no per measure) and control cases with known answers (distinct from the examples).
 JUDGE_EXAMPLES = {
     'MPC': [('a lamp for reading', 'Prefers brass finishes and warm light', 'A brass desk lamp with warm light', True),
             ('a kettle', 'Likes bright red colours', 'A stainless steel kettle, grey, 1.7 litres', False)],
-    'MRC': [('a backpack for hiking', 'Values waterproof materials and many pockets', 'Waterproof hiking backpack with six pockets', True),
+    'MRC': [('a backpack for hiking', 'Values waterproof materials and many pockets',
+             'Waterproof hiking backpack with six pockets', True),
             ('a phone case', 'Prefers leather and dark colours', 'Clear silicone phone case with glitter', False)]}
 JUDGE_CONTROLS = [
     ('MPC', 'running shoes', 'Prefers a wide fit and neutral grey colours', 'Grey running shoes in a wide fit', True),
-    ('MPC', 'a desk chair', 'Loves floral patterns and pastel colours', 'An ergonomic mesh office chair with lumbar support', False),
-    ('MRC', 'a water bottle', 'Prefers insulated steel bottles that keep drinks cold', 'Insulated stainless steel water bottle, keeps drinks cold for 24 hours', True),
-    ('MRC', 'a screwdriver set', 'Likes silk scarves in bright colours', 'Magnetic screwdriver set with 32 bits', False)]
+    ('MPC', 'a desk chair', 'Loves floral patterns and pastel colours',
+     'An ergonomic mesh office chair with lumbar support', False),
+    ('MRC', 'a water bottle', 'Prefers insulated steel bottles that keep drinks cold',
+     'Insulated stainless steel water bottle, keeps drinks cold for 24 hours', True),
+    ('MRC', 'a screwdriver set', 'Likes silk scarves in bright colours', 'Magnetic screwdriver set with 32 bits',
+     False)]
 
 def _question(measure, memory_type, query, memory, other, memory_chars, text_chars) -> str:
     title, question, key = JUDGE_QUESTIONS[measure]
-    return (f"Request: {_clip(query, text_chars)}\n\n{MEMORY_NAMES[memory_type]}:\n{_clip(memory, memory_chars)}\n\n"
-            f"{title}:\n{_clip(other, text_chars)}\n\nQuestion: {question}\n"
+    clip = lambda s, n: clip_text(s, n, at_word=False, mark='...')
+    return (f"Request: {clip(query, text_chars)}\n\n{MEMORY_NAMES[memory_type]}:\n{clip(memory, memory_chars)}\n\n"
+            f"{title}:\n{clip(other, text_chars)}\n\nQuestion: {question}\n"
             f'Answer with JSON only: {{"{key}": true}} or {{"{key}": false}}')
 
-def judge_prompt(measure: str, memory_type: str, query: str, memory: str, other: str,
-                 memory_chars: int = 600, text_chars: int = 400, examples: bool = False) -> list[dict]:
+def judge_prompt(
+    measure: str,             # 'MPC' or 'MRC'
+    memory_type: str,         # 'global' or 'local'
+    query: str,               # the request
+    memory: str,              # the memory text shown
+    other: str,               # the profile (MPC) or the bought item's text (MRC)
+    memory_chars: int = 600,  # memory characters shown
+    text_chars: int = 400,    # request / profile / item characters shown
+    examples: bool = False,   # precede the question with a worked yes and no example
+) -> list[dict]:
     "Chat messages asking the judge whether `memory` contributed to the profile (MPC) or matches the bought item (MRC)."
     msgs = [{'role': 'system', 'content': JUDGE_SYSTEM}]
     if examples:
@@ -229,18 +277,22 @@ def judge_prompt(measure: str, memory_type: str, query: str, memory: str, other:
         for q, mem, oth, ans in JUDGE_EXAMPLES[measure]:
             msgs += [{'role': 'user', 'content': _question(measure, 'local', q, mem, oth, memory_chars, text_chars)},
                      {'role': 'assistant', 'content': json.dumps({key: ans})}]
-    return msgs + [{'role': 'user', 'content': _question(measure, memory_type, query, memory, other, memory_chars, text_chars)}]
+    return msgs + [{'role': 'user', 'content': _question(measure, memory_type, query, memory, other, memory_chars,
+                                                         text_chars)}]
 
 _YES, _NO = {'yes', 'true', 'y', '1'}, {'no', 'false', 'n', '0'}
 
+# %% ../nbs/07_eval.ipynb #2822bb9d
 def _verdict(v):
     if isinstance(v, bool): return v
     if isinstance(v, (int, float)) and v in (0, 1): return bool(v)
     if isinstance(v, str) and v.strip().lower().strip('.!') in _YES | _NO: return v.strip().lower().strip('.!') in _YES
     return None
 
-def parse_judgement(text: str | None) -> tuple[bool | None, str]:
-    "(verdict, how) of a judge's answer: JSON (`{\"used\": true}` and near-JSON), else a leading yes/no; (None, 'failed') otherwise."
+def parse_judgement(
+    text: str | None,  # the judge's answer
+) -> tuple[bool | None, str]:
+    "(verdict, how) of a judge's answer: JSON (near-JSON too), else a leading yes/no; (None, 'failed') otherwise."
     p = parse_llm_json(text, expect=dict)
     if p.ok and p.value:
         for k in ('used', 'relevant', 'answer', 'contributes', 'verdict'):
@@ -256,8 +308,11 @@ MEMORY_KINDS = ('global', 'local')
 GLOBAL_HEADING = 'Aspects shoppers weigh in this scenario:'
 _NO_ASPECTS = '(none recorded)'
 
-def prompt_aspects(messages, query: str) -> str:
-    "The global-memory aspects shown with `query`: the block under GLOBAL_HEADING in the last user message of that request."
+def prompt_aspects(
+    messages,    # the trajectory's messages
+    query: str,  # the request whose prompt is read
+) -> str:
+    "The global aspects shown with `query`: the GLOBAL_HEADING block of that request's last user message."
     head = f'Request: {query}\n'
     for m in reversed(messages or []):
         c = m.get('content') if isinstance(m, dict) else None
@@ -267,18 +322,25 @@ def prompt_aspects(messages, query: str) -> str:
             return '' if block == _NO_ASPECTS else block
     return ''
 
-def strip_entry_ids(text: str) -> str:
+def strip_entry_ids(
+    text: str,  # memory text with `[entry id]` tags
+) -> str:
     "Memory text without its `[entry id]` tags."
     return re.sub(r'\[[^\]\n]*\]\s*', '', text or '').strip()
 
-def contribution_inputs(traj: pd.DataFrame, items: pd.DataFrame, setting: str = 'mrrec') -> pd.DataFrame:
-    "One row per query of `setting`: qid, query, profile, global, local (memory texts) and target_text (the bought item)."
+def contribution_inputs(
+    traj: pd.DataFrame,      # trajectory records
+    items: pd.DataFrame,     # the item pool (`item_id`, `metadata`)
+    setting: str = 'mrrec',  # the setting whose queries are read
+) -> pd.DataFrame:
+    "One row per query of `setting`: qid, query, profile, global, local (memory texts), target_text (bought item)."
     cols = ['qid', 'query', 'profile', *MEMORY_KINDS, 'target_text']
     t = traj[traj['setting'] == setting] if len(traj) else traj
     if not len(t): return pd.DataFrame(columns=cols)
     get = lambda c: t[c] if c in t else pd.Series([None] * len(t), index=t.index)
     text = items.drop_duplicates('item_id').set_index('item_id')['metadata']
-    profile = get('profile').where(get('profile').fillna('').astype(str).str.strip().astype(bool), get('salvaged_profile'))
+    profile = get('profile').where(get('profile').fillna('').astype(str).str.strip().astype(bool),
+                                   get('salvaged_profile'))
     out = pd.DataFrame({'qid': t['qid'].astype(str).to_numpy(), 'query': get('query').fillna('').astype(str).to_numpy(),
                         'profile': profile.fillna('').astype(str).to_numpy()})
     gm = get('global_memory')
@@ -294,29 +356,44 @@ def _why_none(inputs: pd.DataFrame, m: str, measure: str) -> str:
     has = inputs[m].astype(str).str.strip().astype(bool) if len(inputs) else pd.Series(dtype=bool)
     if not has.any(): return f'no query saw {m} memory'
     other = inputs.loc[has, 'profile' if measure == 'MPC' else 'target_text'].astype(str).str.strip().astype(bool)
-    if not other.any(): return f'no query with {m} memory has a parsed profile' if measure == 'MPC' else "the bought items' text is unknown"
+    if not other.any():
+        if measure == 'MPC': return f'no query with {m} memory has a parsed profile'
+        return "the bought items' text is unknown"
     return ''
 
-def heuristic_contribution(inputs: pd.DataFrame, min_overlap: int = 1) -> pd.DataFrame:
-    "Per (memory type, measure): share of queries whose memory keywords reach the profile (MPC) / the bought item (MRC)."
+def heuristic_contribution(
+    inputs: pd.DataFrame,  # `contribution_inputs`
+    min_overlap: int = 1,  # shared keywords needed
+) -> pd.DataFrame:
+    "Per (memory type, measure): share of queries whose memory keywords reach the profile / the bought item."
     rows = []
     for m in MEMORY_KINDS:
         for measure, other in (('MPC', 'profile'), ('MRC', 'target_text')):
-            v = keyword_contribution(inputs[m], inputs[other], inputs['query'], min_overlap) if len(inputs) else np.array([])
-            if len(v): v[~inputs[other].astype(str).str.strip().astype(bool).to_numpy()] = np.nan   # no profile / item text: not counted
+            v = keyword_contribution(inputs[m], inputs[other], inputs['query'],
+                                     min_overlap) if len(inputs) else np.array([])
+            if len(v):
+                # no profile / item text: not counted
+                v[~inputs[other].astype(str).str.strip().astype(bool).to_numpy()] = np.nan
             n = int((~np.isnan(v)).sum())
-            rows.append({'memory': m, 'measure': measure, 'judge': 'heuristic', 'value': float(np.nanmean(v)) if n else np.nan,
-                         'queries': n, 'failures': 0, 'note': '' if n else _why_none(inputs, m, measure) or 'no memory keyword beyond the query'})
+            rows.append({'memory': m, 'measure': measure, 'judge': 'heuristic',
+                         'value': float(np.nanmean(v)) if n else np.nan,
+                         'queries': n, 'failures': 0,
+                         'note': '' if n else _why_none(inputs, m, measure) or 'no memory keyword beyond the query'})
     return pd.DataFrame(rows)
 
 def _natural(qids: pd.Series) -> pd.Series:
     "A sort key that puts numeric ids in numeric order ('2' before '10')."
     return qids.astype(str).map(lambda q: (len(q), q) if q.isdigit() else (float('inf'), q))
 
-def llm_contribution(inputs: pd.DataFrame, llm, cfg: EvalConfig | None = None, stage: str = 'eval.judge',
-                     progress: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """LLM-judged MPC / MRC: (summary per memory type and measure, one row per judged answer). `llm` is a mrrec.llm model.
-    The summary's `controls` says how many of the control cases of that measure the judge answered right."""
+# %% ../nbs/07_eval.ipynb #70a29c9d
+def llm_contribution(
+    inputs: pd.DataFrame,           # `contribution_inputs`
+    llm,                            # the judge: a mrrec.llm model (`generate`)
+    cfg: EvalConfig | None = None,  # judge settings ([eval]); None: the defaults
+    stage: str = 'eval.judge',      # the ledger's stage name
+    progress: bool = False,         # show a progress bar
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    "LLM-judged MPC / MRC: (summary per memory type and measure, with control cases right; one row per judged answer)."
     cfg = cfg or EvalConfig()
     jobs = []
     for m in MEMORY_KINDS:
@@ -325,16 +402,21 @@ def llm_contribution(inputs: pd.DataFrame, llm, cfg: EvalConfig | None = None, s
         if cfg.judge_queries: sub = sub.head(cfg.judge_queries)
         for _, r in sub.iterrows():
             for measure, other in (('MPC', 'profile'), ('MRC', 'target_text')):
-                if not str(r[other]).strip(): continue      # no profile was parsed / the item is unknown: nothing to judge
+                if not str(r[other]).strip():
+                    continue      # no profile was parsed / the item is unknown: nothing to judge
                 jobs.append({'qid': r['qid'], 'memory': m, 'measure': measure, 'expected': None,
-                             'prompt': judge_prompt(measure, m, r['query'], r[m], r[other], cfg.judge_memory_chars, cfg.judge_text_chars, cfg.judge_examples)})
+                             'prompt': judge_prompt(measure, m, r['query'], r[m], r[other], cfg.judge_memory_chars,
+                                                    cfg.judge_text_chars, cfg.judge_examples)})
     if jobs and cfg.judge_controls:
         jobs += [{'qid': f'control-{i}', 'memory': 'control', 'measure': measure, 'expected': ans,
-                  'prompt': judge_prompt(measure, 'local', q, mem, oth, cfg.judge_memory_chars, cfg.judge_text_chars, cfg.judge_examples)}
+                  'prompt': judge_prompt(measure, 'local', q, mem, oth, cfg.judge_memory_chars, cfg.judge_text_chars,
+                                         cfg.judge_examples)}
                  for i, (measure, q, mem, oth, ans) in enumerate(JUDGE_CONTROLS)]
-    answers = llm.generate([j['prompt'] for j in jobs], max_new_tokens=cfg.judge_max_new_tokens, temperature=0.0, stage=stage,
+    answers = llm.generate([j['prompt'] for j in jobs], max_new_tokens=cfg.judge_max_new_tokens, temperature=0.0,
+                           stage=stage,
                            progress=progress) if jobs else []
-    detail = pd.DataFrame([{'qid': j['qid'], 'memory': j['memory'], 'measure': j['measure'], 'expected': j['expected'], 'answer': a.text,
+    detail = pd.DataFrame([{'qid': j['qid'], 'memory': j['memory'], 'measure': j['measure'], 'expected': j['expected'],
+                            'answer': a.text,
                             **dict(zip(('verdict', 'how'), parse_judgement(a.text)))} for j, a in zip(jobs, answers)],
                           columns=['qid', 'memory', 'measure', 'expected', 'answer', 'verdict', 'how'])
     rows = []
@@ -344,13 +426,21 @@ def llm_contribution(inputs: pd.DataFrame, llm, cfg: EvalConfig | None = None, s
             ok = d[d['how'] != 'failed']
             c = detail[(detail['memory'] == 'control') & (detail['measure'] == measure)]
             note = '' if len(ok) else 'no answer could be read' if len(d) else _why_none(inputs, m, measure)
-            rows.append({'memory': m, 'measure': measure, 'judge': 'llm', 'value': float(ok['verdict'].astype(float).mean()) if len(ok) else np.nan,
+            rows.append({'memory': m, 'measure': measure, 'judge': 'llm',
+                         'value': float(ok['verdict'].astype(float).mean()) if len(ok) else np.nan,
                          'queries': len(ok), 'failures': int((d['how'] == 'failed').sum()),
-                         'controls': f"{int((c['verdict'] == c['expected']).sum())}/{len(c)} right" if len(c) else '', 'note': note})
+                         'controls': f"{int((c['verdict'] == c['expected']).sum())}/{len(c)} right" if len(c) else '',
+                         'note': note})
     return pd.DataFrame(rows), detail
 
-def t3_table(heuristic: pd.DataFrame, llm: pd.DataFrame | None, paper: pd.DataFrame | None = None, data_label: str = '',
-             notes: dict | None = None) -> pd.DataFrame:
+# %% ../nbs/07_eval.ipynb #b58e2eeb
+def t3_table(
+    heuristic: pd.DataFrame,            # `heuristic_contribution`
+    llm: pd.DataFrame | None,           # `llm_contribution`'s summary, or None
+    paper: pd.DataFrame | None = None,  # the paper's Table 3, or None
+    data_label: str = '',               # what the numbers are measured on
+    notes: dict | None = None,          # {judge: note} overriding the rows' notes
+) -> pd.DataFrame:
     "T3 in the paper's order (global then local; MPC then MRC; heuristic then LLM), each value beside the paper's."
     parts = [heuristic] + ([llm] if llm is not None else [])
     got = pd.concat(parts, ignore_index=True).set_index(['memory', 'measure', 'judge'])
@@ -362,7 +452,8 @@ def t3_table(heuristic: pd.DataFrame, llm: pd.DataFrame | None, paper: pd.DataFr
                 have = key in got.index
                 pv = np.nan
                 if paper is not None:
-                    sel = paper[(paper['memory_type'] == m) & (paper['measure'] == measure) & (paper['judge'] == judge)]['value']
+                    pick = (paper['memory_type'] == m) & (paper['measure'] == measure) & (paper['judge'] == judge)
+                    sel = paper[pick]['value']
                     pv = float(sel.iloc[0]) if len(sel) else np.nan
                 note = (notes or {}).get(judge) or (got.loc[key, 'note'] if have and 'note' in got.columns else '')
                 if not isinstance(note, str): note = ''
@@ -376,44 +467,62 @@ def t3_table(heuristic: pd.DataFrame, llm: pd.DataFrame | None, paper: pd.DataFr
 
 # %% ../nbs/07_eval.ipynb #0bd0cb96
 F4_QUANTITIES = ('format_reward', 'memory_reward', 'rec_reward', 'total_reward', 'recall')
-F4_PAPER = {('base', 'format_reward'): 'starts near 0', ('base', 'memory_reward'): 'stays near 0 (memory never learned)'}
+F4_PAPER = {('base', 'format_reward'): 'starts near 0',
+            ('base', 'memory_reward'): 'stays near 0 (memory never learned)'}
 
-def read_reward_logs(folder) -> pd.DataFrame:
-    "The RL stage's per-step logs `rl_<variant>.csv` under `folder`; a file without the needed columns is an error naming it."
+def read_reward_logs(
+    folder,  # the run's logs folder
+) -> pd.DataFrame:
+    "The RL stage's per-step logs `rl_<variant>.csv` under `folder`; a file lacking columns is an error naming it."
     parts = []
     for p in sorted(Path(folder).glob('rl_*.csv')):
         try: df = pd.read_csv(p)
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e: raise ValueError(f"{p}: not a readable CSV: {e}") from None
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+            raise ValueError(f"{p}: not a readable CSV: {e}") from None
         missing = [c for c in ('variant', 'split', 'step', *F4_QUANTITIES) if c not in df.columns]
         if missing: raise ValueError(f"{p}: reward log lacks column(s) {missing}")
         bad = pd.to_numeric(df['step'], errors='coerce').isna()
-        if bad.any(): raise ValueError(f"{p}: line {int(np.flatnonzero(bad)[0]) + 2}: field 'step' is not a number: {df['step'][bad].iloc[0]!r}")
+        if bad.any():
+            raise ValueError(f"{p}: line {int(np.flatnonzero(bad)[0]) + 2}: field 'step' is not a number: "
+                             f"{df['step'][bad].iloc[0]!r}")
         parts.append(df)
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=['variant', 'split', 'step', *F4_QUANTITIES])
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=['variant', 'split', 'step',
+                                                                                   *F4_QUANTITIES])
 
-def f4_summary(log: pd.DataFrame, data_label: str = '') -> pd.DataFrame:
+def f4_summary(
+    log: pd.DataFrame,     # `read_reward_logs`
+    data_label: str = '',  # what the numbers are measured on
+) -> pd.DataFrame:
     "Per variant and quantity: steps logged, the value at the first and last training step, and the paper's remark."
     cols = ['variant', 'quantity', 'steps', 'first', 'last', 'change', 'paper (Fig. 4)', 'data', 'note']
     tr = log[log['split'] == 'train'] if len(log) else log
     if not len(tr):
-        return pd.DataFrame([{'variant': '', 'quantity': '', 'steps': 0, 'first': np.nan, 'last': np.nan, 'change': np.nan,
-                              'paper (Fig. 4)': '', 'data': data_label, 'note': 'no RL reward log: the RL stage (06_rl) has not run'}], columns=cols)
+        return pd.DataFrame([{'variant': '', 'quantity': '', 'steps': 0, 'first': np.nan, 'last': np.nan,
+                              'change': np.nan,
+                              'paper (Fig. 4)': '', 'data': data_label,
+                              'note': 'no RL reward log: the RL stage (06_rl) has not run'}], columns=cols)
     rows = []
     for variant, g in tr.groupby('variant', sort=False):
         g = g.sort_values('step')
         for q in F4_QUANTITIES:
             v = pd.to_numeric(g[q], errors='coerce').dropna()
             rows.append({'variant': variant, 'quantity': q, 'steps': int(g['step'].nunique()),
-                         'first': float(v.iloc[0]) if len(v) else np.nan, 'last': float(v.iloc[-1]) if len(v) else np.nan,
+                         'first': float(v.iloc[0]) if len(v) else np.nan,
+                         'last': float(v.iloc[-1]) if len(v) else np.nan,
                          'change': float(v.iloc[-1] - v.iloc[0]) if len(v) else np.nan,
-                         'paper (Fig. 4)': F4_PAPER.get((variant, q), ''), 'data': data_label, 'note': '' if len(v) else 'not logged'})
+                         'paper (Fig. 4)': F4_PAPER.get((variant, q), ''), 'data': data_label,
+                         'note': '' if len(v) else 'not logged'})
     return pd.DataFrame(rows, columns=cols)
 
 # %% ../nbs/07_eval.ipynb #a02c093d
 F4_PANELS = (('format_reward', 'format reward'), ('memory_reward', 'memory reward'),
              ('rec_reward', 'recommendation reward\n5 (nDCG@100 + nDCG@1000)'), ('recall', 'Recall@100 (batch)'))
 
-def plot_reward_trajectories(log: pd.DataFrame, path: str | os.PathLike, title: str = 'F4: reward trajectories in RL') -> Path:
+def plot_reward_trajectories(
+    log: pd.DataFrame,                             # a reward log (`variant`, `split`, `step` and the F4 quantities)
+    path: str | os.PathLike,                       # the PNG file
+    title: str = 'F4: reward trajectories in RL',  # the figure's title
+) -> Path:
     "Write the F4 figure (PNG) from a reward log (`read_reward_log`)."
     import matplotlib
     matplotlib.use('Agg')
@@ -435,23 +544,36 @@ def plot_reward_trajectories(log: pd.DataFrame, path: str | os.PathLike, title: 
     return path
 
 # %% ../nbs/07_eval.ipynb #d90e2190
-def curve_table(traj: pd.DataFrame, rows: list[RowSpec], ks=(10, 20, 50, 100, 200, 500, 1000), data_label: str = '') -> pd.DataFrame:
-    "R@k and N@k for each k, one line per row's setting (labelled by the row's first label); missing settings get a note row."
+def curve_table(
+    traj: pd.DataFrame,                    # trajectory records
+    rows: list[RowSpec],                   # one line per row's setting
+    ks=(10, 20, 50, 100, 200, 500, 1000),  # the cutoffs (x axis)
+    data_label: str = '',                  # what the numbers are measured on
+) -> pd.DataFrame:
+    "R@k and N@k for each k, one line per row's setting (named by its first label); a missing one gets a note row."
     out = []
     for spec in rows:
         name = next(iter(spec.labels.values()))
         r = traj.loc[traj['setting'] == spec.setting, 'rank'].to_numpy() if len(traj) else np.array([])
         if not len(r):
-            out.append({'system': name, 'setting': spec.setting, 'k': np.nan, 'R@k': np.nan, 'N@k': np.nan, 'queries': 0, 'data': data_label,
+            out.append({'system': name, 'setting': spec.setting, 'k': np.nan, 'R@k': np.nan, 'N@k': np.nan,
+                        'queries': 0, 'data': data_label,
                         'note': spec.note or f"no finished trajectories of setting '{spec.setting}'"}); continue
-        out += [{'system': name, 'setting': spec.setting, 'k': k, 'R@k': recall_at_k(r, k).mean(), 'N@k': ndcg_at_k(r, k).mean(),
+        out += [{'system': name, 'setting': spec.setting, 'k': k, 'R@k': recall_at_k(r, k).mean(),
+                 'N@k': ndcg_at_k(r, k).mean(),
                  'queries': len(r), 'data': data_label, 'note': ''} for k in ks]
     return pd.DataFrame(out, columns=['system', 'setting', 'k', 'R@k', 'N@k', 'queries', 'data', 'note'])
 
 # %% ../nbs/07_eval.ipynb #67715e5d
 F6_METRICS = ('R@100', 'N@100', 'R@10', 'N@10')
 
-def f6_table(traj: pd.DataFrame, rows: list[RowSpec], paper: pd.DataFrame | None = None, ks=DEFAULT_KS, data_label: str = '') -> pd.DataFrame:
+def f6_table(
+    traj: pd.DataFrame,                 # trajectory records
+    rows: list[RowSpec],                # F6's rows ('k=<k>')
+    paper: pd.DataFrame | None = None,  # the paper's Table 1, or None
+    ks=DEFAULT_KS,                      # cutoffs computed
+    data_label: str = '',               # what the numbers are measured on
+) -> pd.DataFrame:
     "F6: MR.Rec's metrics for each memory top-k (rows labelled 'k=<k>'), the paper's where it gives one."
     t = experiment_table(traj, rows, paper, metrics=F6_METRICS, ks=ks, data_label=data_label)
     t.insert(0, 'memory top-k', t['row'].str.extract(r'k=(\d+)', expand=False).astype(int))
@@ -462,7 +584,7 @@ EVAL_TABLES = ('t1_overall', 't1_by_category', 't2_local_memory', 'f3_ablation',
                'f4_reward_summary', 'f5_retrievers', 'f6_memory_top_k')
 
 def _model_labels(t: pd.DataFrame, traj: pd.DataFrame, llm_name: str) -> pd.DataFrame:
-    "Insert a `model` column after `row`: the run's LLM (+ RL) or the retriever of query-only settings; the paper's model for paper-only rows."
+    "Insert a `model` column after `row`: the run's LLM (+ RL), the retriever alone, or the paper's model."
     info = traj.drop_duplicates('setting').set_index('setting') if len(traj) else pd.DataFrame()
     def one(row):
         s = row['setting']
@@ -475,30 +597,12 @@ def _model_labels(t: pd.DataFrame, traj: pd.DataFrame, llm_name: str) -> pd.Data
     t.insert(t.columns.get_loc('row') + 1, 'model', [one(r) for _, r in t.iterrows()])
     return t
 
-def evaluate_run(run: Run, cfg: EvalConfig | None = None, judge_llm=None, progress: bool = True) -> dict[str, pd.DataFrame]:
-    "Build, write and return T1, T2, F3, T3, F4 (summary), F5 and F6 of `run` (figures under `run.figures`)."
-    from mrrec.llm import llm_config
-    from mrrec.retrieval import AgentConfig
-    cfg = cfg or run.profile.section(EvalConfig)
-    acfg = run.profile.section(AgentConfig)
-    label = run_data_label(run)
-    finished, unfinished = trajectory_settings(run.trajectories)
-    if unfinished: print(f"note: settings without a summary (unfinished, left out): {unfinished}")
-    traj = read_trajectories(run.trajectories)
-    if not len(traj): print(f"note: no finished trajectories under {run.trajectories} (run 05_retrieval first): the tables show the paper's numbers only")
-    avail = set(traj['setting']) if len(traj) else set()
-    specs = lambda e: experiment_specs(e, avail, acfg)
-    p1, p2 = paper_numbers('table1_overall'), paper_numbers('table2_local_memory')
-    llm_name = llm_config(run.profile).model
-    t = {}
-    t1 = _model_labels(experiment_table(traj, specs('T1'), p1, ks=cfg.ks, per_category=True, data_label=label), traj, llm_name)
-    t['t1_overall'], t['t1_by_category'] = t1[t1['category'] == 'All'].reset_index(drop=True), t1
-    t['t2_local_memory'] = _model_labels(experiment_table(traj, specs('T2'), p2, ks=cfg.ks, data_label=label), traj, llm_name)
-    t['f3_ablation'] = _model_labels(experiment_table(traj, specs('F3'), p2, ks=cfg.ks, data_label=label), traj, llm_name)
-    plot_bars(t['f3_ablation'], 'row', PAPER_METRICS, run.figures / 'f3_ablation.png', f'F3: component ablation of MR.Rec, on {label}')
-
+# %% ../nbs/07_eval.ipynb #aff07e3f
+def _t3_stage(run: Run, cfg: EvalConfig, traj: pd.DataFrame, t1_specs: list[RowSpec], label: str, judge_llm,
+              progress: bool) -> pd.DataFrame:
+    "T3's table: MR.Rec's trajectories judged by the heuristic and (if `[eval] judge`) the LLM."
     # T3: MR.Rec's trajectories (T1's row) and the data stage's items (for the bought item's text)
-    t3_setting = next(r.setting for r in specs('T1') if r.labels['row'] == 'MR.Rec')
+    t3_setting = next(r.setting for r in t1_specs if r.labels['row'] == 'MR.Rec')
     items = pd.DataFrame(columns=['item_id', 'metadata'])
     if (run.data / 'data_manifest.json').is_file():
         from mrrec.data import load_data
@@ -509,28 +613,71 @@ def evaluate_run(run: Run, cfg: EvalConfig | None = None, judge_llm=None, progre
     elif not cfg.judge: notes = {'llm': 'LLM judge off ([eval] judge = false)'}
     else:
         if judge_llm is None:
-            from mrrec.llm import load_llm_for_run
+            from mrrec.backends import load_llm_for_run
             judge_llm = load_llm_for_run(run, cfg.judge_llm_section)
         llm_part, detail = llm_contribution(inputs, judge_llm, cfg, progress=progress)
         from mrrec.core import write_jsonl
         write_jsonl(detail, run.logs / 't3_judge_answers.jsonl')
-    t['t3_memory_contribution'] = t3_table(heur, llm_part, paper_numbers('table3_memory_contribution'), label, notes).assign(setting=t3_setting)
+    return t3_table(heur, llm_part, paper_numbers('table3_memory_contribution'), label,
+                    notes).assign(setting=t3_setting)
+
+# %% ../nbs/07_eval.ipynb #0017c081
+def evaluate_run(
+    run: Run,                       # the run whose trajectories, logs and data are read
+    cfg: EvalConfig | None = None,  # [eval] settings; None: the profile's
+    judge_llm=None,                 # the T3 judge; None: loaded from `judge_llm_section`
+    progress: bool = True,          # show progress bars
+) -> dict[str, pd.DataFrame]:
+    "Build, write and return T1, T2, F3, T3, F4 (summary), F5 and F6 of `run` (figures under `run.figures`)."
+    from mrrec.llm import llm_config
+    from mrrec.agent import AgentConfig
+    cfg = cfg or run.profile.section(EvalConfig)
+    acfg = run.profile.section(AgentConfig)
+    label = run_data_label(run)
+    finished, unfinished = trajectory_settings(run.trajectories)
+    if unfinished: print(f"note: settings without a summary (unfinished, left out): {unfinished}")
+    traj = read_trajectories(run.trajectories)
+    if not len(traj):
+        print(f"note: no finished trajectories under {run.trajectories} (run 05c_experiments first): the tables show "
+              f"the paper's numbers only")
+    avail = set(traj['setting']) if len(traj) else set()
+    specs = lambda e: experiment_specs(e, avail, acfg)
+    p1, p2 = paper_numbers('table1_overall'), paper_numbers('table2_local_memory')
+    llm_name = llm_config(run.profile).model
+    t = {}
+    t1 = _model_labels(experiment_table(traj, specs('T1'), p1, ks=cfg.ks, per_category=True, data_label=label), traj,
+                       llm_name)
+    t['t1_overall'], t['t1_by_category'] = t1[t1['category'] == 'All'].reset_index(drop=True), t1
+    t['t2_local_memory'] = _model_labels(experiment_table(traj, specs('T2'), p2, ks=cfg.ks, data_label=label), traj,
+                                         llm_name)
+    t['f3_ablation'] = _model_labels(experiment_table(traj, specs('F3'), p2, ks=cfg.ks, data_label=label), traj,
+                                     llm_name)
+    plot_bars(t['f3_ablation'], 'row', PAPER_METRICS, run.figures / 'f3_ablation.png',
+              f'F3: component ablation of MR.Rec, on {label}')
+
+    t['t3_memory_contribution'] = _t3_stage(run, cfg, traj, specs('T1'), label, judge_llm, progress)
 
     log = read_reward_logs(run.logs)
     t['f4_reward_summary'] = f4_summary(log, label)
-    if len(log) and not (run.figures / 'f4_reward_trajectories.png').exists():   # 06_rl draws it; redraw only if it is gone
-        plot_reward_trajectories(log, run.figures / 'f4_reward_trajectories.png', f'F4: reward trajectories in RL, on {label}')
+    # 06_rl's stage cells draw it; else drawn here
+    if len(log) and not (run.figures / 'f4_reward_trajectories.png').exists():
+        plot_reward_trajectories(log, run.figures / 'f4_reward_trajectories.png',
+                                 f'F4: reward trajectories in RL, on {label}')
 
     t['f5_retrievers'] = curve_table(traj, specs('F5'), cfg.curve_ks, label)
     plot_lines(t['f5_retrievers'], 'k', 'system', ['R@k', 'N@k'], run.figures / 'f5_retrievers.png',
-               f"F5: item retrievers, with MR.Rec's profiles and with the query alone, on {label}", logx=True, dashed=('query only',))
+               f"F5: item retrievers, with MR.Rec's profiles and with the query alone, on {label}", logx=True,
+               dashed=('query only',))
     t['f6_memory_top_k'] = f6_table(traj, specs('F6'), p1, cfg.ks, label)
     plot_lines(t['f6_memory_top_k'].assign(system='MR.Rec'), 'memory top-k', 'system', F6_METRICS,
                run.figures / 'f6_memory_top_k.png', f'F6: local-memory entries returned per tool call, on {label}')
     for name, df in t.items(): write_table(df, run.tables / name)
     return t
 
-def eval_main(argv: list[str]) -> int:
+# %% ../nbs/07_eval.ipynb #7b5c7130
+def eval_main(
+    argv: list[str],  # command-line arguments after `mrrec eval`
+) -> int:
     "`mrrec eval --profile ci|demo|paper [--out DIR] [--seed N] [--no-judge]`: write the evaluation tables and figures."
     from mrrec.core import run_arg_parser, start_run
     ap = run_arg_parser('mrrec eval', 'Evaluation tables (T1, T2, T3) and figures (F3-F6) of a run.')

@@ -10,11 +10,13 @@ from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
 import pandas as pd
+from fastcore.basics import patch
 from tqdm.auto import tqdm
 from .core import atomic_write, read_json, read_parquet, stable_hash, write_json, write_parquet
-from .llm import GenOut, LazyLLM, embed_texts, generate_batch, model_id
+from .llm import GenOut, LazyLLM, generate_batch, model_id
+from .embed import embed_texts
 from .local_memory import category_slug
-from .text import parse_llm_json
+from .text import clip_text, parse_llm_json
 
 # %% auto #0
 __all__ = ['GLOBAL_PROMPT_VERSION', 'QUERY_COLUMNS', 'POOL_COLUMNS', 'ASPECT_INSTRUCTIONS', 'EXAMPLE_CASE', 'EXAMPLE_ANSWER',
@@ -46,18 +48,24 @@ class GlobalMemoryConfig:
     max_aspects: int = 15                # aspects kept per category, most supported first
     max_descriptions: int = 4            # descriptions kept per aspect
     query_batch: int = 16                # mining prompts per LLM call
-    one_shot: bool = True                # show one worked example before each prompt (small models need it; the paper's prompts are zero-shot)
+    one_shot: bool = True                # show a worked example before each prompt (small models need it;
+                                         # the paper's prompts are zero-shot)
 
     def __post_init__(self):
         for k in ('n_queries', 'n_negatives', 'max_aspects', 'max_descriptions', 'query_batch', 'merge_input_aspects'):
             if getattr(self, k) < 1: raise ValueError(f"[global_memory]: {k} must be >= 1, got {getattr(self, k)}")
         for k in ('name_similarity', 'description_similarity', 'grounding_similarity'):
-            if not -1 <= getattr(self, k) <= 1: raise ValueError(f"[global_memory]: {k} is a cosine similarity in [-1, 1], got {getattr(self, k)}")
+            if not -1 <= getattr(self, k) <= 1:
+                raise ValueError(f"[global_memory]: {k} is a cosine similarity in [-1, 1], got {getattr(self, k)}")
 
 # %% ../nbs/04_global_memory.ipynb #3284e802
 QUERY_COLUMNS = ('qid', 'user_id', 'query', 'item_id', 'category')
 
-def sample_mining_queries(queries: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
+def sample_mining_queries(
+    queries: pd.DataFrame,  # training queries (`QUERY_COLUMNS`)
+    n: int,                 # queries sampled at most
+    seed: int,              # the run's seed
+) -> pd.DataFrame:
     "Up to `n` training queries, one per user, taken round-robin over categories in a seeded order."
     missing = [c for c in QUERY_COLUMNS if c not in queries.columns]
     if missing: raise ValueError(f"queries: missing column(s) {missing}; expected {list(QUERY_COLUMNS)}")
@@ -78,8 +86,15 @@ def sample_mining_queries(queries: pd.DataFrame, n: int, seed: int) -> pd.DataFr
 # %% ../nbs/04_global_memory.ipynb #20e637e1
 POOL_COLUMNS = ('item_id', 'category', 'metadata')
 
-def mine_negatives(sampled: pd.DataFrame, pool: pd.DataFrame, embedder, n: int, seed: int, pool_max: int = 5000,
-                   exclude: dict[str, set] | None = None) -> dict[str, list[str]]:
+def mine_negatives(
+    sampled: pd.DataFrame,                  # the sampled queries
+    pool: pd.DataFrame,                     # the item pool (`POOL_COLUMNS`)
+    embedder,                               # an encoder (`encode(texts, kind)`)
+    n: int,                                 # negatives per query
+    seed: int,                              # the run's seed
+    pool_max: int = 5000,                   # items of a category embedded at most
+    exclude: dict[str, set] | None = None,  # user -> items never used as their negatives (what they bought)
+) -> dict[str, list[str]]:
     "qid -> ids of the `n` items of the ground truth's category most similar to it, not bought by the query's user."
     missing = [c for c in POOL_COLUMNS if c not in pool.columns]
     if missing: raise ValueError(f"item pool: missing column(s) {missing}; expected {list(POOL_COLUMNS)}")
@@ -110,20 +125,21 @@ ASPECT_INSTRUCTIONS = (
     "Subcategory level: specific factors for the bought item's subcategory that separate it from the items not "
     "chosen, such as size, features, materials or style.\n"
     "Answer with JSON only, in this form:\n"
-    '{"category_level_personalization_aspects": [{"category": "<category>", "aspect": "<aspect name>", "description": "<what users weigh>"}], '
-    '"subcategory_level_personalization_aspects": [{"subcategory": "<subcategory>", "aspect": "<aspect name>", "description": "<what users weigh>"}]}')
+    '{"category_level_personalization_aspects": [{"category": "<category>", "aspect": "<aspect name>", '
+    '"description": "<what users weigh>"}], '
+    '"subcategory_level_personalization_aspects": [{"subcategory": "<subcategory>", "aspect": "<aspect name>", '
+    '"description": "<what users weigh>"}]}'
+)
 
 def _norm(s: str) -> str: return re.sub(r'[^a-z0-9]+', ' ', str(s).lower()).strip()
 
-def _clip(s, n: int) -> str:
-    s = re.sub(r'\s+', ' ', str(s or '')).strip()
-    return s if len(s) <= n else s[:max(0, n - 1)].rsplit(' ', 1)[0] + '\u2026'
-
 def _case(category: str, query: str, bought: str, negatives: list[str], item_chars: int) -> str:
-    negs = '\n'.join(f"  {i}. {_clip(t, item_chars)}" for i, t in enumerate(negatives, 1)) or '  (none)'
-    return (f"A recommendation case.\n- Scenario (category): {category}\n- User query: {query}\n"
-            f"- Item the user finally bought: {_clip(bought, item_chars)}\n- Similar items the user did not choose:\n{negs}\n\n"
-            + ASPECT_INSTRUCTIONS)
+    negs = '\n'.join(f"  {i}. {clip_text(t, item_chars)}" for i, t in enumerate(negatives, 1)) or '  (none)'
+    return (
+        f"A recommendation case.\n- Scenario (category): {category}\n- User query: {query}\n"
+        f"- Item the user finally bought: {clip_text(bought, item_chars)}\n"
+        f"- Similar items the user did not choose:\n{negs}\n\n"
+        + ASPECT_INSTRUCTIONS)
 
 # The one-shot example is from a domain and with aspect names that SynthC4 does not use, so an answer that copies it
 # is recognisable (its aspects are counted as unusable) and cannot inflate the diagnostics.
@@ -133,20 +149,35 @@ EXAMPLE_CASE = _case('Board Games', 'a game for family evenings',
                       'Word Rush: party game for 4-10 players, 15 minutes, card based.'], 300)
 EXAMPLE_ANSWER = json.dumps({
     'category_level_personalization_aspects': [
-        {'category': 'Board Games', 'aspect': 'Play Time', 'description': 'How long a session lasts compared with the time the group has.'}],
+        {'category': 'Board Games', 'aspect': 'Play Time',
+         'description': 'How long a session lasts compared with the time the group has.'}],
     'subcategory_level_personalization_aspects': [
-        {'subcategory': 'Family games', 'aspect': 'Rules Complexity', 'description': 'Simple rules that children can learn quickly.'},
-        {'subcategory': 'Family games', 'aspect': 'Player Count', 'description': 'Supports the size of the household.'}]})
+        {'subcategory': 'Family games', 'aspect': 'Rules Complexity',
+         'description': 'Simple rules that children can learn quickly.'},
+        {'subcategory': 'Family games', 'aspect': 'Player Count',
+         'description': 'Supports the size of the household.'}]})
 EXAMPLE_ASPECTS = ('Play Time', 'Rules Complexity', 'Player Count')
 SYSTEM_ASPECTS = 'You analyse shopping decisions and answer with JSON.'
 
-def aspect_prompt(category: str, query: str, bought: str, negatives: list[str], item_chars: int = 300, one_shot: bool = False) -> list[dict]:
+def aspect_prompt(
+    category: str,           # the query's category (the scenario)
+    query: str,              # the user's query
+    bought: str,             # the bought item's metadata
+    negatives: list[str],    # metadata of similar unchosen items
+    item_chars: int = 300,   # metadata kept per item
+    one_shot: bool = False,  # show the worked example first
+) -> list[dict]:
     "Chat messages asking for the implicit aspects behind one (query, bought item, unchosen items) case."
-    shot = [{'role': 'user', 'content': EXAMPLE_CASE}, {'role': 'assistant', 'content': EXAMPLE_ANSWER}] if one_shot else []
-    return [{'role': 'system', 'content': SYSTEM_ASPECTS}, *shot, {'role': 'user', 'content': _case(category, query, bought, negatives, item_chars)}]
+    shot = ([{'role': 'user', 'content': EXAMPLE_CASE}, {'role': 'assistant', 'content': EXAMPLE_ANSWER}]
+            if one_shot else [])
+    return [{'role': 'system', 'content': SYSTEM_ASPECTS}, *shot,
+            {'role': 'user', 'content': _case(category, query, bought, negatives, item_chars)}]
 
-_PLACEHOLDERS = {'aspect', 'aspect name', 'aspect_name', 'name', 'description', 'category', 'subcategory', 'category name',
-                 'subcategory name', 'category_name', 'subcategory_name', 'what users weigh', 'factor', '', '...', 'n/a', 'none'}
+# %% ../nbs/04_global_memory.ipynb #e91785ac
+_PLACEHOLDERS = {
+    'aspect', 'aspect name', 'aspect_name', 'name', 'description', 'category', 'subcategory', 'category name',
+    'subcategory name', 'category_name', 'subcategory_name', 'what users weigh', 'factor', '', '...', 'n/a', 'none'
+}
 _NAME_KEYS = ('aspect', 'aspect_name', 'name', 'factor', 'dimension', 'title')
 _DESC_KEYS = ('description', 'desc', 'details', 'reason', 'rationale', 'explanation')
 
@@ -154,12 +185,18 @@ def _is_placeholder(s: str) -> bool:
     t = str(s).strip().lower()
     return t in _PLACEHOLDERS or (t.startswith('<') and t.endswith('>'))
 
-def canonical_name(name: str) -> str:
+def canonical_name(
+    name: str,  # an aspect name as written
+) -> str:
     "Tidy an aspect name: underscores to spaces, no list marks or end punctuation, Title Case for lowercase words."
     n = re.sub(r'\s+', ' ', re.sub(r'[_]+', ' ', str(name))).strip(' .:;,-*#"\'')
     return ' '.join(w[:1].upper() + w[1:] if w.islower() else w for w in n.split(' '))
 
-def extract_aspects(value, exclude: tuple[str, ...] = EXAMPLE_ASPECTS) -> tuple[list[dict], int]:
+# %% ../nbs/04_global_memory.ipynb #d0efb45a
+def extract_aspects(
+    value,                                       # a parsed LLM answer
+    exclude: tuple[str, ...] = EXAMPLE_ASPECTS,  # names never kept (the one-shot example's aspects)
+) -> tuple[list[dict], int]:
     """Usable aspects in a parsed mining answer: [{'level', 'group', 'aspect', 'description'}], and how many items were
     unusable (no name, a placeholder, an over-long name, or one of `exclude`, the one-shot example's own aspects)."""
     found, bad = [], 0
@@ -170,19 +207,24 @@ def extract_aspects(value, exclude: tuple[str, ...] = EXAMPLE_ASPECTS) -> tuple[
         elif isinstance(item, dict):
             name = next((item[k] for k in _NAME_KEYS if isinstance(item.get(k), str)), None)
             desc = next((item[k] for k in _DESC_KEYS if isinstance(item.get(k), str)), '')
-            group = next((item[k] for k in ('subcategory', 'category') if isinstance(item.get(k), str) and not _is_placeholder(item[k])), group)
+            group = next(
+                (item[k]
+                 for k in ('subcategory', 'category') if isinstance(item.get(k), str) and not _is_placeholder(item[k])),
+                group)
             nested = {k: v for k, v in item.items() if isinstance(v, (list, dict))}
             if name is None and nested:        # a list nested where an aspect was expected: walk into it
                 for k, v in nested.items(): walk('subcategory' if 'sub' in k.lower() else level, v, group)
                 return
         else: name, desc = None, ''
-        if name is None or _is_placeholder(name) or len(str(name).split()) > 8 or _norm(name) in excluded: bad += 1; return
+        if name is None or _is_placeholder(name) or len(str(name).split()) > 8 or _norm(name) in excluded:
+            bad += 1
+            return
         found.append({'level': level, 'group': str(group).strip(), 'aspect': canonical_name(name),
                       'description': '' if _is_placeholder(desc) else re.sub(r'\s+', ' ', desc).strip()})
     def walk(level, v, group=''):
         if isinstance(v, list):
             for it in v: take(level, it, group)
-        elif isinstance(v, dict) and v and all(isinstance(x, str) for x in v.values()):   # {"aspect name": "description"}
+        elif isinstance(v, dict) and v and all(isinstance(x, str) for x in v.values()):   # {"name": "description"}
             for k, d in v.items(): take(level, {'aspect': k, 'description': d}, group)
         else: take(level, v, group)
     if isinstance(value, dict):
@@ -194,25 +236,38 @@ def extract_aspects(value, exclude: tuple[str, ...] = EXAMPLE_ASPECTS) -> tuple[
     return found, bad
 
 # %% ../nbs/04_global_memory.ipynb #fa03efb0
-_ASPECT_LINE_RE = re.compile(r'^\s*(?:[-*\u2022]+|\d{1,2}[.)])?\s*\**\s*([A-Za-z][A-Za-z /&\'-]{1,48}?)\s*\**\s*[:\u2013\u2014-]\s+(\S.{3,})$')
+_ASPECT_LINE_RE = re.compile(
+    r'^\s*(?:[-*\u2022]+|\d{1,2}[.)])?\s*\**\s*([A-Za-z][A-Za-z /&\'-]{1,48}?)\s*\**\s*[:\u2013\u2014-]\s+(\S.{3,})$')
 
-def aspects_from_text(text: str) -> list[dict]:
+def aspects_from_text(
+    text: str,  # an LLM answer
+) -> list[dict]:
     "Aspects written as `Name: description` lines (optionally bulleted or numbered), for answers without usable JSON."
     out = []
     for line in str(text or '').splitlines():
         m = _ASPECT_LINE_RE.match(line)
         if not m: continue
         name, desc = m.group(1).strip(), m.group(2).strip().strip('*').strip()
-        if _is_placeholder(name) or len(name.split()) > 6 or name.lower().startswith(('user query', 'scenario', 'item', 'similar items', 'task')): continue
+        if _is_placeholder(name) or len(name.split()) > 6 or name.lower().startswith(
+            ('user query', 'scenario', 'item', 'similar items', 'task')):
+            continue
         out.append({'level': 'category', 'group': '', 'aspect': canonical_name(name), 'description': desc})
     return out
 
 # %% ../nbs/04_global_memory.ipynb #4b097b67
-def name_key(name: str) -> str:
+def name_key(
+    name: str,  # an aspect name as written
+) -> str:
     "Normalised aspect name for exact grouping: lowercase words, punctuation dropped, a plural `s` dropped."
-    return ' '.join(w[:-1] if len(w) > 3 and w.endswith('s') and not w.endswith('ss') else w for w in _norm(name).split())
+    return ' '.join(w[:-1] if len(w) > 3 and w.endswith('s') and not w.endswith('ss') else w
+                    for w in _norm(name).split())
 
-def dedupe_descriptions(descs: list[str], embedder, threshold: float, max_n: int) -> list[str]:
+def dedupe_descriptions(
+    descs: list[str],  # descriptions, in order of preference
+    embedder,          # an encoder (`encode(texts, kind)`)
+    threshold: float,  # cosine at or above which two are duplicates
+    max_n: int,        # descriptions kept at most
+) -> list[str]:
     "Keep descriptions in the given order, dropping exact (normalised) duplicates and ones too similar to a kept one."
     uniq, seen = [], set()
     for d in descs:
@@ -226,8 +281,14 @@ def dedupe_descriptions(descs: list[str], embedder, threshold: float, max_n: int
         if len(kept) >= max_n: break
     return [uniq[i] for i in kept]
 
-def rule_merge(aspects: list[dict], embedder, cfg: GlobalMemoryConfig) -> list[dict]:
-    "Merge one category's mined aspects without an LLM: [{'aspect', 'descriptions', 'support', 'source': 'rule'}], most supported first."
+# %% ../nbs/04_global_memory.ipynb #647b3a77
+def rule_merge(
+    aspects: list[dict],      # one category's mined aspects (with `qid`)
+    embedder,                 # an encoder (`encode(texts, kind)`)
+    cfg: GlobalMemoryConfig,  # the build settings
+) -> list[dict]:
+    """Merge one category's mined aspects without an LLM: [{'aspect', 'descriptions', 'support', 'source': 'rule'}],
+    most supported first."""
     groups = {}
     for a in aspects:
         g = groups.setdefault(name_key(a['aspect']), {'names': Counter(), 'descs': Counter(), 'qids': set()})
@@ -250,48 +311,75 @@ def rule_merge(aspects: list[dict], embedder, cfg: GlobalMemoryConfig) -> list[d
         descs = Counter()
         for i in c: descs.update(groups[keys[i]]['descs'])
         ordered = [d for d, _ in sorted(descs.items(), key=lambda kv: -kv[1])]   # ties: first mentioned first
-        merged.append({'aspect': rep[c[0]], 'descriptions': dedupe_descriptions(ordered, embedder, cfg.description_similarity, cfg.max_descriptions),
-                       'support': len(qids), 'source': 'rule', 'merged_names': sorted({rep[i] for i in c})})
+        merged.append({
+            'aspect': rep[c[0]], 'descriptions': dedupe_descriptions(ordered, embedder, cfg.description_similarity,
+                                                                     cfg.max_descriptions), 'support': len(qids),
+            'source': 'rule', 'merged_names': sorted({rep[i] for i in c})
+        })
     merged.sort(key=lambda m: (-m['support'], m['aspect']))
     return merged[:cfg.max_aspects]
 
 # %% ../nbs/04_global_memory.ipynb #f606f413
 def _merge_request(category: str, shown: dict) -> str:
-    return (f"Aspects that many shoppers weigh when buying in one category.\nCategory: {category}\n"
-            f"Aspects collected so far (aspect -> descriptions):\n{json.dumps(shown, ensure_ascii=False)}\n\n"
-            "Task:\n- Merge aspects that mean the same or overlap heavily under one canonical name.\n"
-            "- Name aspects consistently, in Title Case English.\n"
-            "- Merge and de-duplicate the descriptions under each aspect: keep the key points, drop repetition.\n"
-            "- The aspects are shared by many users: mention no specific product, model, number or user.\n"
-            'Answer with one compact JSON object mapping each aspect name to a list of descriptions: {"<Aspect Name>": ["<description>"]}')
+    return (
+        f"Aspects that many shoppers weigh when buying in one category.\nCategory: {category}\n"
+        f"Aspects collected so far (aspect -> descriptions):\n{json.dumps(shown, ensure_ascii=False)}\n\n"
+        "Task:\n- Merge aspects that mean the same or overlap heavily under one canonical name.\n"
+        "- Name aspects consistently, in Title Case English.\n"
+        "- Merge and de-duplicate the descriptions under each aspect: keep the key points, drop repetition.\n"
+        "- The aspects are shared by many users: mention no specific product, model, number or user.\n"
+        'Answer with one compact JSON object mapping each aspect name to a list of descriptions: '
+        '{"<Aspect Name>": ["<description>"]}'
+    )
 
-EXAMPLE_MERGE = (_merge_request('Board Games', {'Play Time': ['How long a session lasts.'], 'game length': ['Games that fit an evening.'],
+EXAMPLE_MERGE = (_merge_request('Board Games', {'Play Time': ['How long a session lasts.'],
+                                                'game length': ['Games that fit an evening.'],
                                                 'Player Count': ['Supports the size of the household.']}),
                  json.dumps({'Play Time': ['How long a session lasts, ideally fitting one evening.'],
                              'Player Count': ['Supports the size of the household.']}))
 
-def merge_prompt(category: str, rule_aspects: list[dict], cfg: GlobalMemoryConfig) -> list[dict]:
+def merge_prompt(
+    category: str,             # a category name
+    rule_aspects: list[dict],  # the category's rule-merged aspects, most supported first
+    cfg: GlobalMemoryConfig,   # the build settings
+) -> list[dict]:
     "Chat messages asking the LLM to merge one category's aspects into canonical names (JSON aspect -> [descriptions])."
-    shown = {a['aspect']: a['descriptions'][:cfg.merge_input_descriptions] for a in rule_aspects[:cfg.merge_input_aspects]}
-    shot = [{'role': 'user', 'content': EXAMPLE_MERGE[0]}, {'role': 'assistant', 'content': EXAMPLE_MERGE[1]}] if cfg.one_shot else []
+    shown = {a['aspect']: a['descriptions'][:cfg.merge_input_descriptions]
+             for a in rule_aspects[:cfg.merge_input_aspects]}
+    shot = ([{'role': 'user', 'content': EXAMPLE_MERGE[0]}, {'role': 'assistant', 'content': EXAMPLE_MERGE[1]}]
+            if cfg.one_shot else [])
     return [{'role': 'system', 'content': 'You organise shopping knowledge and answer with JSON.'}, *shot,
             {'role': 'user', 'content': _merge_request(category, shown)}]
 
-def parse_merged(value) -> tuple[list[dict], int]:
+# %% ../nbs/04_global_memory.ipynb #f80cc53c
+def parse_merged(
+    value,  # a parsed merge answer
+) -> tuple[list[dict], int]:
     "Aspects in a parsed merge answer, [{'aspect', 'descriptions'}], and how many entries were unusable."
     out, bad = [], 0
     items = value.items() if isinstance(value, dict) else \
-        [(x.get('aspect') or x.get('name'), x.get('descriptions') or x.get('description')) for x in value if isinstance(x, dict)] if isinstance(value, list) else []
+        [(x.get('aspect') or x.get('name'), x.get('descriptions') or x.get('description'))
+         for x in value if isinstance(x, dict)] if isinstance(value, list) else []
     for name, descs in items:
         if isinstance(descs, str): descs = [descs]
         if isinstance(descs, dict): descs = [v for v in descs.values() if isinstance(v, str)]
+        # unusable: no name, a placeholder, an over-long name, no description list, or a copy of the one-shot example
         if not isinstance(name, str) or _is_placeholder(name) or len(name.split()) > 8 or not isinstance(descs, list) \
-                or _norm(name) in {_norm(e) for e in EXAMPLE_ASPECTS}: bad += 1; continue   # (a copy of the one-shot example)
-        descs = [re.sub(r'\s+', ' ', d).strip() for d in descs if isinstance(d, str) and not _is_placeholder(d) and d.strip()]
+                or _norm(name) in {_norm(e) for e in EXAMPLE_ASPECTS}:            bad += 1; continue
+        descs = [
+            re.sub(r'\s+', ' ', d).strip() for d in descs
+            if isinstance(d, str) and not _is_placeholder(d) and d.strip()
+        ]
         out.append({'aspect': canonical_name(name), 'descriptions': descs})
     return out, bad
 
-def ground_merged(llm_aspects: list[dict], rule_aspects: list[dict], embedder, cfg: GlobalMemoryConfig) -> tuple[list[dict], int]:
+# %% ../nbs/04_global_memory.ipynb #30bb0ead
+def ground_merged(
+    llm_aspects: list[dict],   # the LLM-merged aspects (`parse_merged`)
+    rule_aspects: list[dict],  # the rule-merged aspects (`rule_merge`)
+    embedder,                  # an encoder (`encode(texts, kind)`)
+    cfg: GlobalMemoryConfig,   # the build settings
+) -> tuple[list[dict], int]:
     """Keep the LLM-merged aspects that are close to a mined one (descriptions too), then add the mined aspects
     they do not cover; returns the final aspects and how many LLM aspects were dropped as ungrounded."""
     if not rule_aspects: return [], len(llm_aspects)
@@ -314,11 +402,18 @@ def ground_merged(llm_aspects: list[dict], rule_aspects: list[dict], embedder, c
         descs = descs or rule_aspects[j]['descriptions']
         k = name_key(a['aspect'])
         if k in by_key:                         # two LLM aspects with one name: one aspect
-            prev = by_key[k]; prev['descriptions'] += descs; prev['support'] = max(prev['support'], rule_aspects[j]['support']); continue
-        by_key[k] = {'aspect': a['aspect'], 'descriptions': descs, 'support': rule_aspects[j]['support'], 'source': 'llm',
-                     'merged_names': [rule_aspects[j]['aspect']]}
+            prev = by_key[k]
+            prev['descriptions'] += descs
+            prev['support'] = max(prev['support'], rule_aspects[j]['support'])
+            continue
+        by_key[k] = {
+            'aspect': a['aspect'], 'descriptions': descs, 'support': rule_aspects[j]['support'], 'source': 'llm',
+            'merged_names': [rule_aspects[j]['aspect']]
+        }
         kept.append(by_key[k])
-    for a in kept: a['descriptions'] = dedupe_descriptions(a['descriptions'], embedder, cfg.description_similarity, cfg.max_descriptions)
+    for a in kept:
+        a['descriptions'] = dedupe_descriptions(a['descriptions'], embedder, cfg.description_similarity,
+                                                cfg.max_descriptions)
     final = kept + [a for j, a in enumerate(rule_aspects) if j not in covered]
     final.sort(key=lambda m: (-m['support'], m['source'] != 'llm', m['aspect']))
     return final[:cfg.max_aspects], dropped
@@ -337,7 +432,12 @@ class GlobalBuildReport:
     seconds: float
     root: Path
 
-def global_fingerprint(cfg: GlobalMemoryConfig, llm_id: str, embedder_id: str, seed: int) -> str:
+def global_fingerprint(
+    cfg: GlobalMemoryConfig,  # the build settings
+    llm_id: str,              # the LLM's name
+    embedder_id: str,         # the encoder's name
+    seed: int,                # the run's seed (it picks the sampled queries)
+) -> str:
     "Hash of everything that shapes the mined aspects (not `query_batch`)."
     d = dataclasses.asdict(cfg); d.pop('query_batch')
     return stable_hash(GLOBAL_PROMPT_VERSION, d, llm_id, embedder_id, seed, n=12)
@@ -345,109 +445,160 @@ def global_fingerprint(cfg: GlobalMemoryConfig, llm_id: str, embedder_id: str, s
 def _key(s: str) -> str: return f"{re.sub(r'[^A-Za-z0-9_-]', '_', str(s))[:40]}-{stable_hash(str(s), n=8)}"
 
 def _gen_stats(gens: list[GenOut]) -> dict:
-    return {'llm_calls': len(gens), 'input_tokens': sum(g.input_tokens for g in gens), 'output_tokens': sum(g.output_tokens for g in gens),
-            'llm_time_s': sum(g.time_s for g in gens), 'cached_calls': sum(g.cached for g in gens)}
+    return {'llm_calls': len(gens), 'input_tokens': sum(g.input_tokens for g in gens),
+            'output_tokens': sum(g.output_tokens for g in gens), 'llm_time_s': sum(g.time_s for g in gens),
+            'cached_calls': sum(g.cached for g in gens)}
 
-def build_global_memory(train_queries: pd.DataFrame, pool: pd.DataFrame, llm, embedder, cfg: GlobalMemoryConfig,
-                        root: str | os.PathLike, seed: int, bought: dict[str, set] | None = None,
-                        llm_id: str | None = None, embedder_id: str | None = None, progress: bool = True) -> GlobalBuildReport:
+def _clear_stale(root: Path, fp: str):
+    "Work files live under a folder per fingerprint; those of other settings are stale and go (one writer per store)."
+    for part in ('mined', 'merged'):
+        for d in (root / part).glob('*'):
+            if d.name != fp: shutil.rmtree(d) if d.is_dir() else d.unlink()
+        for tmp in (root / part / fp).glob('.*.tmp'): tmp.unlink(missing_ok=True)   # left by a killed build
+
+# %% ../nbs/04_global_memory.ipynb #b392e23b
+def _mined_record(r, g: GenOut, negatives: list[str], neg_share: float) -> dict:
+    "The committed record of one mined query: its answer, how it parsed, the usable aspects, the accounting."
+    parsed = parse_llm_json(g.text, dict)
+    aspects, bad = extract_aspects(parsed.value)
+    how = parsed.how
+    if not aspects:                    # no usable JSON: take "Name: description" lines if there are any
+        text_aspects = aspects_from_text(g.text)
+        if text_aspects: aspects, how = text_aspects, 'text'
+    parsed = dataclasses.replace(parsed, how=how)
+    return {'qid': str(r.qid), 'user_id': str(r.user_id), 'category': r.category, 'query': r.query,
+            'item_id': str(r.item_id), 'negatives': negatives, 'raw': g.text,
+            'parse': parsed.how, 'parse_error': parsed.error, 'truncated': g.truncated,
+            'aspects': aspects, 'invalid_items': bad, 'stats': {**_gen_stats([g]), 'embed_time_s': neg_share}}
+
+def _mine(todo: pd.DataFrame, pool: pd.DataFrame, meta: dict, llm, embedder, cfg: GlobalMemoryConfig, seed: int,
+          bought, mined_path, progress: bool) -> int:
+    "Mine the aspects of the `todo` queries in batches of `query_batch`, committing each query; returns the prompts."
+    t0 = time.perf_counter()
+    negs = mine_negatives(todo, pool, embedder, cfg.n_negatives, seed, cfg.negative_pool_max, bought)
+    neg_share = (time.perf_counter() - t0) / len(todo)
+    bar = tqdm(total=len(todo), desc='global memory: mining', unit='query', disable=not progress)
+    prompts = 0
+    for start in range(0, len(todo), cfg.query_batch):
+        batch = todo.iloc[start:start + cfg.query_batch]
+        convs = [aspect_prompt(r.category, r.query, meta.get(str(r.item_id), f'item {r.item_id}'),
+                               [meta[i] for i in negs.get(str(r.qid), [])], cfg.item_chars, cfg.one_shot)
+                 for r in batch.itertuples()]
+        gens = generate_batch(llm, convs, 'global_memory.aspects', cfg.aspects_max_new_tokens)
+        prompts += len(gens)
+        for r, g in zip(batch.itertuples(), gens):
+            write_json(_mined_record(r, g, negs.get(str(r.qid), []), neg_share), mined_path(str(r.qid)))
+            bar.update(1)
+    bar.close()
+    return prompts
+
+# %% ../nbs/04_global_memory.ipynb #c4f181e9
+def _merged_record(c: str, ms: list[dict], rule_aspects: list[dict], rule_time: float, g: GenOut | None, embedder,
+                   cfg: GlobalMemoryConfig) -> dict:
+    "The committed record of one merged category: the final aspects, how the merge went, the accounting."
+    t0 = time.perf_counter()
+    if not rule_aspects: final, outcome, how, dropped, bad = [], 'rule:no_aspects', None, 0, 0
+    elif g is None: final, outcome, how, dropped, bad = rule_aspects, 'rule:llm_merge_off', None, 0, 0
+    else:
+        parsed = parse_llm_json(g.text, dict)
+        llm_aspects, bad = parse_merged(parsed.value)
+        final, dropped = ground_merged(llm_aspects, rule_aspects, embedder, cfg)
+        how = parsed.how
+        outcome = ('llm' if any(a['source'] == 'llm' for a in final) else
+                   'rule:parse_failed' if not parsed.ok else 'rule:empty' if not llm_aspects else 'rule:ungrounded')
+    return {'category': c, 'qids': sorted(m['qid'] for m in ms), 'aspects': final, 'outcome': outcome,
+            'merge_parse': how, 'merge_raw': g.text if g else None, 'llm_aspects_dropped': dropped,
+            'llm_items_invalid': bad, 'rule_aspects': len(rule_aspects),
+            'stats': {**_gen_stats([g] if g else []), 'embed_time_s': rule_time + time.perf_counter() - t0}}
+
+def _merge(to_merge: list[str], by_cat: dict, cat_path: dict, llm, embedder, cfg: GlobalMemoryConfig) -> int:
+    "Merge the categories `to_merge`: rule-based, then one batched LLM call per `query_batch`; returns the prompts."
+    rule = {}
+    for c in to_merge:
+        t0 = time.perf_counter()
+        rule[c] = (rule_merge([{**a, 'qid': m['qid']} for m in by_cat[c] for a in m['aspects']], embedder, cfg),
+                   time.perf_counter() - t0)
+    llm_cats = [c for c in to_merge if cfg.llm_merge and rule[c][0]]
+    merge_gens = {}
+    for start in range(0, len(llm_cats), cfg.query_batch):
+        cs = llm_cats[start:start + cfg.query_batch]
+        merge_gens.update(zip(cs, generate_batch(llm, [merge_prompt(c, rule[c][0], cfg) for c in cs],
+                                                 'global_memory.merge', cfg.merge_max_new_tokens)))
+    for c in to_merge:
+        write_json(_merged_record(c, by_cat[c], *rule[c], merge_gens.get(c), embedder, cfg), cat_path[c])
+    return len(merge_gens)
+
+# %% ../nbs/04_global_memory.ipynb #b07ff9ea
+def build_global_memory(
+    train_queries: pd.DataFrame,           # training queries: qid, user_id, query, item_id, category
+    pool: pd.DataFrame,                    # the item pool: item_id, category, metadata
+    llm,                                   # an LLM, a zero-argument factory of one, or None
+    embedder,                              # an encoder (`encode(texts, kind)`)
+    cfg: GlobalMemoryConfig,               # the build settings
+    root: str | os.PathLike,               # the store's folder
+    seed: int,                             # the run's seed
+    bought: dict[str, set] | None = None,  # user -> the items they bought (never used as negatives)
+    llm_id: str | None = None,             # the LLM's name for the fingerprint (default: from `llm`)
+    embedder_id: str | None = None,        # the encoder's name for the fingerprint (default: from `embedder`)
+    progress: bool = True,                 # show a progress bar
+) -> GlobalBuildReport:
     """Mine aspects from `cfg.n_queries` sampled training queries and merge them per category, resumably, under `root`.
     `train_queries` needs qid, user_id, query, item_id, category; `pool` item_id, category, metadata; `bought` maps a
     user to the items they bought (never used as negatives). `llm` is an LLM, a zero-argument factory of one (called
     only if something must be generated), or None when everything is already built."""
     t_start = time.perf_counter()
     root = Path(root)
-    if llm is not None and not hasattr(llm, 'generate') and callable(llm): llm = LazyLLM(llm)   # a factory: load on demand
+    if llm is not None and not hasattr(llm, 'generate') and callable(llm): llm = LazyLLM(llm)   # a factory: on demand
     fp = global_fingerprint(cfg, llm_id or model_id(llm, 'none'), embedder_id or model_id(embedder), seed)
     sampled = sample_mining_queries(train_queries, cfg.n_queries, seed)
     meta = dict(zip(pool['item_id'].astype(str), pool['metadata'].fillna('').astype(str)))
-    # Work files live under a folder per fingerprint; those of other settings are stale and go (one writer per store).
-    for part in ('mined', 'merged'):
-        for d in (root / part).glob('*'):
-            if d.name != fp: shutil.rmtree(d) if d.is_dir() else d.unlink()
-        for tmp in (root / part / fp).glob('.*.tmp'): tmp.unlink(missing_ok=True)   # left by a killed build
+    _clear_stale(root, fp)
     mined_path = lambda qid: root / 'mined' / fp / f"{_key(qid)}.json"
     todo = sampled[[not mined_path(q).exists() for q in sampled['qid']]]
-    prompts, mined_now = 0, 0
-    if len(todo):
-        t0 = time.perf_counter()
-        negs = mine_negatives(todo, pool, embedder, cfg.n_negatives, seed, cfg.negative_pool_max, bought)
-        neg_share = (time.perf_counter() - t0) / len(todo)
-        bar = tqdm(total=len(todo), desc='global memory: mining', unit='query', disable=not progress)
-        for start in range(0, len(todo), cfg.query_batch):
-            batch = todo.iloc[start:start + cfg.query_batch]
-            convs = [aspect_prompt(r.category, r.query, meta.get(str(r.item_id), f'item {r.item_id}'),
-                                   [meta[i] for i in negs.get(str(r.qid), [])], cfg.item_chars, cfg.one_shot) for r in batch.itertuples()]
-            gens = generate_batch(llm, convs, 'global_memory.aspects', cfg.aspects_max_new_tokens)
-            prompts += len(gens)
-            for r, g in zip(batch.itertuples(), gens):
-                parsed = parse_llm_json(g.text, dict)
-                aspects, bad = extract_aspects(parsed.value)
-                how = parsed.how
-                if not aspects:                    # no usable JSON: take "Name: description" lines if there are any
-                    text_aspects = aspects_from_text(g.text)
-                    if text_aspects: aspects, how = text_aspects, 'text'
-                parsed = dataclasses.replace(parsed, how=how)
-                write_json({'qid': str(r.qid), 'user_id': str(r.user_id), 'category': r.category, 'query': r.query,
-                            'item_id': str(r.item_id), 'negatives': negs.get(str(r.qid), []), 'raw': g.text,
-                            'parse': parsed.how, 'parse_error': parsed.error, 'truncated': g.truncated,
-                            'aspects': aspects, 'invalid_items': bad,
-                            'stats': {**_gen_stats([g]), 'embed_time_s': neg_share}}, mined_path(str(r.qid)))
-                mined_now += 1; bar.update(1)
-        bar.close()
+    prompts = _mine(todo, pool, meta, llm, embedder, cfg, seed, bought, mined_path, progress) if len(todo) else 0
     mined = [read_json(mined_path(q)) for q in sampled['qid']]
     # Merge, category by category: rule-based first, then one batched LLM call for the categories that need it.
     by_cat = defaultdict(list)
     for m in mined: by_cat[m['category']].append(m)
-    cat_path = {c: root / 'merged' / fp / f"{_key(c)}.{stable_hash(fp, sorted(x['qid'] for x in ms), n=12)}.json" for c, ms in by_cat.items()}
+    cat_path = {c: root / 'merged' / fp / f"{_key(c)}.{stable_hash(fp, sorted(x['qid'] for x in ms), n=12)}.json"
+                for c, ms in by_cat.items()}
     to_merge = sorted(c for c in by_cat if not cat_path[c].exists())
-    rule = {}
-    for c in to_merge:
-        t0 = time.perf_counter()
-        rule[c] = (rule_merge([{**a, 'qid': m['qid']} for m in by_cat[c] for a in m['aspects']], embedder, cfg), time.perf_counter() - t0)
-    llm_cats = [c for c in to_merge if cfg.llm_merge and rule[c][0]]
-    merge_gens = {}
-    for start in range(0, len(llm_cats), cfg.query_batch):
-        cs = llm_cats[start:start + cfg.query_batch]
-        merge_gens.update(zip(cs, generate_batch(llm, [merge_prompt(c, rule[c][0], cfg) for c in cs], 'global_memory.merge', cfg.merge_max_new_tokens)))
-    prompts += len(merge_gens)
-    for c in to_merge:
-        rule_aspects, rule_time = rule[c]
-        g = merge_gens.get(c)
-        t0 = time.perf_counter()
-        if not rule_aspects: final, outcome, how, dropped, bad = [], 'rule:no_aspects', None, 0, 0
-        elif g is None: final, outcome, how, dropped, bad = rule_aspects, 'rule:llm_merge_off', None, 0, 0
-        else:
-            parsed = parse_llm_json(g.text, dict)
-            llm_aspects, bad = parse_merged(parsed.value)
-            final, dropped = ground_merged(llm_aspects, rule_aspects, embedder, cfg)
-            how = parsed.how
-            outcome = ('llm' if any(a['source'] == 'llm' for a in final) else
-                       'rule:parse_failed' if not parsed.ok else 'rule:empty' if not llm_aspects else 'rule:ungrounded')
-        write_json({'category': c, 'qids': sorted(m['qid'] for m in by_cat[c]), 'aspects': final, 'outcome': outcome,
-                    'merge_parse': how, 'merge_raw': g.text if g else None, 'llm_aspects_dropped': dropped,
-                    'llm_items_invalid': bad, 'rule_aspects': len(rule_aspects),
-                    'stats': {**_gen_stats([g] if g else []), 'embed_time_s': rule_time + time.perf_counter() - t0}}, cat_path[c])
+    prompts += _merge(to_merge, by_cat, cat_path, llm, embedder, cfg)
     merged = {c: read_json(cat_path[c]) for c in sorted(by_cat)}
     n_aspects = consolidate_global_memory(root, sampled, mined, merged, embedder, fp)
     man = read_json(root / 'manifest.json')
-    return GlobalBuildReport(len(sampled), len(merged), mined_now, len(to_merge), prompts, n_aspects, man['outcomes'],
+    return GlobalBuildReport(len(sampled), len(merged), len(todo), len(to_merge), prompts, n_aspects, man['outcomes'],
                              time.perf_counter() - t_start, root)
 
-def consolidate_global_memory(root: Path, sampled: pd.DataFrame, mined: list[dict], merged: dict[str, dict], embedder, fp: str) -> int:
+# %% ../nbs/04_global_memory.ipynb #625ecbf8
+def consolidate_global_memory(
+    root: Path,               # the store's folder
+    sampled: pd.DataFrame,    # the sampled queries
+    mined: list[dict],        # every sampled query's mined record
+    merged: dict[str, dict],  # category -> its merged record
+    embedder,                 # an encoder (`encode(texts, kind)`)
+    fp: str,                  # the store's fingerprint
+) -> int:
     "Write `global_memory.json`, `aspects.parquet`, `mined.parquet`, `category_vectors.npy` and `manifest.json`."
     root = Path(root)
     cats = sorted(merged)
-    write_json({c: {a['aspect']: a['descriptions'] for a in merged[c]['aspects']} for c in cats}, root / 'global_memory.json')
-    write_parquet(pd.DataFrame([{'category': c, 'aspect': a['aspect'], 'descriptions': json.dumps(a['descriptions'], ensure_ascii=False),
-                                 'support': a['support'], 'source': a['source']} for c in cats for a in merged[c]['aspects']],
-                               columns=['category', 'aspect', 'descriptions', 'support', 'source']), root / 'aspects.parquet')
-    write_parquet(pd.DataFrame([{'qid': m['qid'], 'user_id': m['user_id'], 'category': m['category'], **a} for m in mined for a in m['aspects']],
-                               columns=['qid', 'user_id', 'category', 'level', 'group', 'aspect', 'description']), root / 'mined.parquet')
+    write_json({c: {a['aspect']: a['descriptions'] for a in merged[c]['aspects']} for c in cats},
+               root / 'global_memory.json')
+    write_parquet(pd.DataFrame([{'category': c, 'aspect': a['aspect'],
+                                 'descriptions': json.dumps(a['descriptions'], ensure_ascii=False),
+                                 'support': a['support'], 'source': a['source']}
+                                for c in cats for a in merged[c]['aspects']],
+                               columns=['category', 'aspect', 'descriptions', 'support', 'source']),
+                  root / 'aspects.parquet')
+    write_parquet(pd.DataFrame([{'qid': m['qid'], 'user_id': m['user_id'], 'category': m['category'], **a}
+                                for m in mined for a in m['aspects']],
+                               columns=['qid', 'user_id', 'category', 'level', 'group', 'aspect', 'description']),
+                  root / 'mined.parquet')
     # A category's lookup vector: the centroid of its name and its sampled queries (queries resemble queries).
     vecs = []
     for c in cats:
-        v = embed_texts(embedder, [c] + list(sampled.loc[sampled['category'] == c, 'query'].astype(str)), kind='query').mean(axis=0)
+        v = embed_texts(embedder, [c] + list(sampled.loc[sampled['category'] == c, 'query'].astype(str)),
+                        kind='query').mean(axis=0)
         vecs.append(v / max(np.linalg.norm(v), 1e-9))
     with atomic_write(root / 'category_vectors.npy', 'wb') as f: np.save(f, np.asarray(vecs, np.float32))
     outcomes = Counter()
@@ -455,23 +606,31 @@ def consolidate_global_memory(root: Path, sampled: pd.DataFrame, mined: list[dic
         outcomes[f"parse:{m['parse']}"] += 1; outcomes['aspects:invalid_items'] += m['invalid_items']
         outcomes['aspects:valid'] += len(m['aspects']); outcomes['answers:truncated'] += m['truncated']
     for c in cats:
-        outcomes[f"merge:{merged[c]['outcome']}"] += 1; outcomes['merge:llm_aspects_dropped'] += merged[c]['llm_aspects_dropped']
+        outcomes[f"merge:{merged[c]['outcome']}"] += 1
+        outcomes['merge:llm_aspects_dropped'] += merged[c]['llm_aspects_dropped']
     acct = {'mining': Counter(), 'merging': Counter()}
     for m in mined: acct['mining'].update(m['stats'])
     for c in cats: acct['merging'].update(merged[c]['stats'])
     n_aspects = sum(len(merged[c]['aspects']) for c in cats)
     write_json({'fingerprint': fp, 'prompt_version': GLOBAL_PROMPT_VERSION, 'categories': cats, 'queries': len(sampled),
-                'users': int(sampled['user_id'].nunique()), 'mined_aspects': int(outcomes['aspects:valid']), 'aspects': n_aspects,
-                'outcomes': dict(sorted(outcomes.items())), 'accounting': {k: dict(v) for k, v in acct.items()}}, root / 'manifest.json')
+                'users': int(sampled['user_id'].nunique()), 'mined_aspects': int(outcomes['aspects:valid']),
+                'aspects': n_aspects, 'outcomes': dict(sorted(outcomes.items())),
+                'accounting': {k: dict(v) for k, v in acct.items()}}, root / 'manifest.json')
     return n_aspects
 
 # %% ../nbs/04_global_memory.ipynb #71926f46
 class GlobalMemory:
-    "The global memory of a run: category -> canonical aspects with descriptions, with lookup by category or similarity."
-    def __init__(self, root: str | os.PathLike, embedder=None):
+    """The global memory of a run: category -> canonical aspects with descriptions, with lookup by category or
+    similarity."""
+    def __init__(
+        self,
+        root: str | os.PathLike,  # the store's folder
+        embedder=None,            # the encoder of lookups by similarity (None: by category only)
+    ):
         self.root = Path(root)
         if not (self.root / 'manifest.json').exists():
-            raise FileNotFoundError(f"{self.root}: no global memory here (manifest.json missing); run build_global_memory first")
+            raise FileNotFoundError(
+                f"{self.root}: no global memory here (manifest.json missing); run build_global_memory first")
         self.manifest = read_json(self.root / 'manifest.json')
         self.table = read_parquet(self.root / 'aspects.parquet')
         self.categories = list(self.manifest['categories'])
@@ -481,41 +640,67 @@ class GlobalMemory:
         self.vectors = np.load(self.root / 'category_vectors.npy')
         self.embedder = embedder
 
-    def aspects(self, category: str) -> dict[str, list[str]]:
+    def aspects(
+        self,
+        category: str,  # a known category
+    ) -> dict[str, list[str]]:
         "The aspects of one known category (KeyError otherwise)."
-        if category not in self.memory: raise KeyError(f"category {category!r} is not in the global memory; known: {self.categories}")
+        if category not in self.memory:
+            raise KeyError(f"category {category!r} is not in the global memory; known: {self.categories}")
         return self.memory[category]
 
-    def lookup(self, category: str | None = None, text: str | None = None) -> dict:
-        "{'category', 'matched_by' ('category' | 'similarity' | None), 'score', 'aspects'} for a query's category or text."
-        if self.memory.get(category): return {'category': category, 'matched_by': 'category', 'score': 1.0, 'aspects': self.memory[category]}
-        # unknown category, or one whose mining gave nothing usable: the most similar category that has aspects
-        usable = [j for j, c in enumerate(self.categories) if self.memory.get(c)]
-        probe = text or category
-        if not probe or not usable: return {'category': None, 'matched_by': None, 'score': 0.0, 'aspects': {}}
-        if self.embedder is None: raise ValueError("GlobalMemory was opened without an embedder; pass embedder= to look up unknown categories")
-        s = self.vectors[usable] @ embed_texts(self.embedder, [probe], kind='query')[0]
-        j = usable[int(np.argmax(s))]
-        return {'category': self.categories[j], 'matched_by': 'similarity', 'score': float(s.max()), 'aspects': self.memory[self.categories[j]]}
+# %% ../nbs/04_global_memory.ipynb #130fbd2e
+@patch
+def lookup(
+    self: GlobalMemory,
+    category: str | None = None,  # the query's category
+    text: str | None = None,      # the query text, for the similarity fallback
+) -> dict:
+    """{'category', 'matched_by' ('category' | 'similarity' | None), 'score', 'aspects'} for a query's category or
+    text."""
+    if self.memory.get(category):
+        return {'category': category, 'matched_by': 'category', 'score': 1.0, 'aspects': self.memory[category]}
+    # unknown category, or one whose mining gave nothing usable: the most similar category that has aspects
+    usable = [j for j, c in enumerate(self.categories) if self.memory.get(c)]
+    probe = text or category
+    if not probe or not usable: return {'category': None, 'matched_by': None, 'score': 0.0, 'aspects': {}}
+    if self.embedder is None:
+        raise ValueError("GlobalMemory was opened without an embedder; pass embedder= to look up unknown categories")
+    s = self.vectors[usable] @ embed_texts(self.embedder, [probe], kind='query')[0]
+    j = usable[int(np.argmax(s))]
+    return {'category': self.categories[j], 'matched_by': 'similarity', 'score': float(s.max()),
+            'aspects': self.memory[self.categories[j]]}
 
-    def prompt_text(self, category: str | None = None, text: str | None = None, max_aspects: int | None = None,
-                    max_descriptions: int | None = None) -> str:
-        "The looked-up aspects as prompt lines `- Aspect: description; description`."
-        hit = self.lookup(category, text)
-        items = list(hit['aspects'].items())[:max_aspects]
-        return '\n'.join(f"- {a}: {'; '.join(d[:max_descriptions])}".rstrip(': ') for a, d in items)
+@patch
+def prompt_text(
+    self: GlobalMemory,
+    category: str | None = None,          # the query's category
+    text: str | None = None,              # the query text, for the similarity fallback
+    max_aspects: int | None = None,       # aspects shown at most (None: all)
+    max_descriptions: int | None = None,  # descriptions per aspect at most (None: all)
+) -> str:
+    "The looked-up aspects as prompt lines `- Aspect: description; description`."
+    hit = self.lookup(category, text)
+    items = list(hit['aspects'].items())[:max_aspects]
+    return '\n'.join(f"- {a}: {'; '.join(d[:max_descriptions])}".rstrip(': ') for a, d in items)
 
 # %% ../nbs/04_global_memory.ipynb #81e65fba
 from .local_memory import ACCOUNTING_COLUMNS, accounting_row, local_accounting, mentions
 
-def global_accounting(root: str | os.PathLike) -> pd.DataFrame:
+def global_accounting(
+    root: str | os.PathLike,  # a global memory store
+) -> pd.DataFrame:
     "The T4 indexing row of a global memory store (mining + merging)."
     man = read_json(Path(root) / 'manifest.json')
     s = Counter()
     for part in man['accounting'].values(): s.update(part)
-    return pd.DataFrame([accounting_row('global', man['users'], man['mined_aspects'], s)], columns=list(ACCOUNTING_COLUMNS))
+    return pd.DataFrame([accounting_row('global', man['users'], man['mined_aspects'], s)],
+                        columns=list(ACCOUNTING_COLUMNS))
 
-def indexing_accounting(local_root: str | os.PathLike | None, global_root: str | os.PathLike | None) -> pd.DataFrame:
+def indexing_accounting(
+    local_root: str | os.PathLike | None,   # the local memory store (None or missing: no local rows)
+    global_root: str | os.PathLike | None,  # the global memory store (None or missing: no global row)
+) -> pd.DataFrame:
     "T4 indexing table: local, baselines and global rows of whichever stores exist."
     parts = [local_accounting(local_root)] if local_root and (Path(local_root) / 'manifest.json').exists() else []
     parts += [global_accounting(global_root)] if global_root and (Path(global_root) / 'manifest.json').exists() else []
@@ -524,7 +709,10 @@ def indexing_accounting(local_root: str | os.PathLike | None, global_root: str |
 # %% ../nbs/04_global_memory.ipynb #b1c20270
 _STOP = {'and', 'the', 'of', 'for', 'with', 'level', 'type', 'friendliness'}
 
-def aspect_coverage(gm: GlobalMemory, truths: dict[str, list[str]]) -> pd.DataFrame:
+def aspect_coverage(
+    gm: GlobalMemory,              # a global memory
+    truths: dict[str, list[str]],  # category -> its true aspect names
+) -> pd.DataFrame:
     "Per category: the share of its true aspects found in its global memory text, strictly and by any content word."
     prompt = ASPECT_INSTRUCTIONS.lower()
     rows = []
@@ -532,8 +720,12 @@ def aspect_coverage(gm: GlobalMemory, truths: dict[str, list[str]]) -> pd.DataFr
         mem = gm.memory.get(cat, {})
         text = ' \n'.join(f"{a}: {' '.join(d)}" for a, d in mem.items())
         words = lambda a: [w for w in re.split(r'[\s_-]+', a.lower()) if w and w not in _STOP] or [a.lower()]
-        rows.append({'category': cat, 'in_memory': cat in gm.memory, 'memory_aspects': len(mem), 'true_aspects': len(aspects),
-                     'strict': float(np.mean([mentions(text, a) for a in aspects])) if aspects else float('nan'),
-                     'any_word': float(np.mean([any(mentions(text, w) for w in words(a)) for a in aspects])) if aspects else float('nan'),
-                     'in_prompt': sorted(a for a in aspects if any(mentions(prompt, w) for w in words(a)))})
-    return pd.DataFrame(rows, columns=['category', 'in_memory', 'memory_aspects', 'true_aspects', 'strict', 'any_word', 'in_prompt'])
+        rows.append({
+            'category': cat, 'in_memory': cat in gm.memory, 'memory_aspects': len(mem), 'true_aspects': len(aspects),
+            'strict': float(np.mean([mentions(text, a) for a in aspects])) if aspects else float('nan'),
+            'any_word': float(np.mean([any(mentions(text, w) for w in words(a))
+                                       for a in aspects])) if aspects else float('nan'),
+            'in_prompt': sorted(a for a in aspects if any(mentions(prompt, w) for w in words(a)))
+        })
+    return pd.DataFrame(
+        rows, columns=['category', 'in_memory', 'memory_aspects', 'true_aspects', 'strict', 'any_word', 'in_prompt'])

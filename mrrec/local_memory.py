@@ -10,10 +10,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 import numpy as np
 import pandas as pd
+from fastcore.basics import patch
 from tqdm.auto import tqdm
 from .core import atomic_write, read_json, read_parquet, stable_hash, write_json, write_parquet
-from .llm import GenOut, LazyLLM, embed_texts, generate_batch, llm_identity, model_id
-from .text import parse_llm_json
+from .llm import GenOut, LazyLLM, generate_batch, llm_identity, model_id
+from .embed import embed_texts
+from .text import clip_text, parse_llm_json
 
 # %% auto #0
 __all__ = ['LOCAL_LEVELS', 'BASELINE_KINDS', 'PROMPT_VERSION', 'T2_VARIANTS', 'HISTORY_COLUMNS', 'SYSTEM_PROMPT', 'PATTERN_HEAD',
@@ -60,26 +62,38 @@ class LocalMemoryConfig:
     chunk_min_words: int = 3                        # a shorter fragment is merged into its neighbour
     user_batch: int = 16                            # users whose prompts go to the LLM together
     top_k: int = 3                                  # default number of entries `retrieve` returns (paper: 3)
-    one_shot: bool = True                           # one worked example before each prompt (small models need it; the paper's prompts are zero-shot)
+    one_shot: bool = True                           # a worked example before each prompt (small models need it;
+                                                    # the paper's prompts are zero-shot)
 
     def __post_init__(self):
         bad = [l for l in self.levels if l not in LOCAL_LEVELS] + [b for b in self.baselines if b not in BASELINE_KINDS]
-        if bad: raise ValueError(f"[local_memory]: unknown level/baseline {bad}; levels are {LOCAL_LEVELS}, baselines {BASELINE_KINDS}")
+        if bad:
+            raise ValueError(
+                f"[local_memory]: unknown level/baseline {bad}; levels are {LOCAL_LEVELS}, baselines {BASELINE_KINDS}")
         for k in ('pattern_max_records', 'prompt_budget_chars', 'naive_n', 'chunk_max_words', 'user_batch', 'top_k'):
             if getattr(self, k) < 1: raise ValueError(f"[local_memory]: {k} must be >= 1, got {getattr(self, k)}")
 
 # %% ../nbs/03_local_memory.ipynb #cea5accf
-def category_slug(category: str) -> str:
+def category_slug(
+    category: str,  # a category name
+) -> str:
     "A short lowercase id for a category name: `Clothing, Shoes & Jewelry` -> `clothing_shoes_jewelry`."
     s = re.sub(r'[^a-z0-9]+', '_', str(category).lower()).strip('_')
     return s or 'unknown'
 
-def entry_id(user_id: str, level: str, category: str, n: int) -> str:
+def entry_id(
+    user_id: str,   # the user's id
+    level: str,     # one of `LOCAL_LEVELS`
+    category: str,  # the entry's category (slugged)
+    n: int,         # position in the user's history or summary
+) -> str:
     "The stable id of one local-memory entry."
     if level not in LOCAL_LEVELS: raise ValueError(f"unknown level {level!r}; expected one of {LOCAL_LEVELS}")
     return f"{str(user_id).replace('/', '%2F')}/{level}/{category_slug(category)}/{int(n)}"
 
-def parse_entry_id(eid: str) -> dict | None:
+def parse_entry_id(
+    eid: str,  # a string that may be an entry id
+) -> dict | None:
     "The parts of an entry id (None if `eid` is not one): user_id, level, category (slug), n."
     parts = str(eid).strip().rsplit('/', 3)
     if len(parts) != 4 or parts[1] not in LOCAL_LEVELS or not parts[3].isdigit(): return None
@@ -95,13 +109,22 @@ def _norm(s: str) -> str: return re.sub(r'[^a-z0-9]+', ' ', s.lower()).strip()
 
 _REPEAT_RE = re.compile(r"(?<![\w'-])([\w'-]+(?:\s+[\w'-]+){0,5})(?:\s*[,;]?\s+\1(?![\w'-]))+", re.I)
 
-def collapse_repeats(text: str) -> str:
-    "Collapse a phrase repeated back to back (`Merino Wool, Merino Wool, Merino Wool` -> `Merino Wool`), a small model's loop."
+def collapse_repeats(
+    text: str,  # an LLM answer
+) -> str:
+    """Collapse a phrase repeated back to back (`Merino Wool, Merino Wool, Merino Wool` -> `Merino Wool`), a small
+    model's loop."""
     prev = None
     while prev != text: prev, text = text, _REPEAT_RE.sub(r'\1', text)
     return text
 
-def chunk_text(text: str, max_words: int = 40, min_words: int = 3, echo: str = '') -> list[str]:
+# %% ../nbs/03_local_memory.ipynb #dd38bd88
+def chunk_text(
+    text: str,            # an LLM summary (a non-string gives no chunk)
+    max_words: int = 40,  # longest chunk, in words
+    min_words: int = 3,   # a shorter fragment is merged into its neighbour
+    echo: str = '',       # the prompt's fixed wording: sentences that only repeat it are dropped
+) -> list[str]:
     """Split a summary into short chunks with one idea each (sentences / list items), merged, split and deduplicated.
     Sentences that only repeat the prompt's instructions (`echo`) are dropped."""
     if not isinstance(text, str): return []
@@ -148,7 +171,10 @@ def chunk_text(text: str, max_words: int = 40, min_words: int = 3, echo: str = '
 HISTORY_COLUMNS = ('user_id', 'item_id', 'category', 'timestamp', 'rating', 'review_title', 'review_text',
                    'item_title', 'item_text')
 
-def check_history(history: pd.DataFrame, where: str = 'history') -> pd.DataFrame:
+def check_history(
+    history: pd.DataFrame,   # the interactions table (`HISTORY_COLUMNS`)
+    where: str = 'history',  # the table's name in error messages
+) -> pd.DataFrame:
     "Validate the history table (missing columns raise naming them), fill missing text, sort by user and time."
     missing = [c for c in HISTORY_COLUMNS if c not in history.columns]
     if missing: raise ValueError(f"{where}: missing column(s) {missing}; expected {list(HISTORY_COLUMNS)}")
@@ -157,27 +183,36 @@ def check_history(history: pd.DataFrame, where: str = 'history') -> pd.DataFrame
         h[c] = h[c].fillna('').astype(str)
     h['user_id'] = h['user_id'].astype(str)
     bad = h.index[pd.to_numeric(h['rating'], errors='coerce').isna()]
-    if len(bad): raise ValueError(f"{where}: row {bad[0]} (user {h.at[bad[0], 'user_id']}): field 'rating' is not a number: {h.at[bad[0], 'rating']!r}")
+    if len(bad):
+        raise ValueError(
+            f"{where}: row {bad[0]} (user {h.at[bad[0], 'user_id']}): field 'rating' is not a number: "
+            f"{h.at[bad[0], 'rating']!r}"
+        )
     h['rating'] = pd.to_numeric(h['rating'])
     return h.sort_values(['user_id', 'timestamp', 'item_id'], kind='stable').reset_index(drop=True)
 
-def _clip(s: str, n: int) -> str:
-    s = re.sub(r'\s+', ' ', str(s or '')).strip()
-    return s if len(s) <= n else s[:max(0, n - 1)].rsplit(' ', 1)[0] + '\u2026'
-
-def record_text(rec, meta_chars: int = 240, review_chars: int = 240) -> str:
+def record_text(
+    rec,                      # one history row
+    meta_chars: int = 240,    # item metadata kept
+    review_chars: int = 240,  # review text kept
+) -> str:
     "One interaction as text: item title and metadata, the rating, the review."
-    title = _clip(rec['item_title'], 120)
-    meta = _clip(rec['item_text'], meta_chars)
-    if title and meta.lower().startswith(title.lower()): meta = _clip(meta[len(title):].lstrip(' .:-'), meta_chars)
-    review = ' - '.join(p for p in (_clip(rec['review_title'], 80), _clip(rec['review_text'], review_chars)) if p)
+    title = clip_text(rec['item_title'], 120)
+    meta = clip_text(rec['item_text'], meta_chars)
+    if title and meta.lower().startswith(title.lower()): meta = clip_text(meta[len(title):].lstrip(' .:-'), meta_chars)
+    review = ' - '.join(p for p in (clip_text(rec['review_title'], 80), clip_text(rec['review_text'], review_chars))
+                        if p)
     item = f"{title}. {meta}" if title and meta else (title or meta or f"item {rec['item_id']}")
     return f"[{rec['category']}] {item} | rated {float(rec['rating']):g}/5 | review: {review or '(none)'}"
 
 # %% ../nbs/03_local_memory.ipynb #7d128534
-def user_histories(histories: pd.DataFrame, queries: pd.DataFrame) -> pd.DataFrame:
+def user_histories(
+    histories: pd.DataFrame,  # the data stage's history per query (with `qid`)
+    queries: pd.DataFrame,    # the data stage's queries
+) -> pd.DataFrame:
     "One leak-free history per user: the history of the user's earliest query, without any of the user's target items."
-    q = queries[['qid', 'user_id', 'item_id']].assign(_t=queries['query_timestamp'] if 'query_timestamp' in queries else 0)
+    q = queries[['qid', 'user_id',
+                 'item_id']].assign(_t=queries['query_timestamp'] if 'query_timestamp' in queries else 0)
     first = q.sort_values(['user_id', '_t', 'qid'], kind='stable', na_position='last').drop_duplicates('user_id')['qid']
     h = histories[histories['qid'].isin(set(first))]
     targets = set(zip(q['user_id'].astype(str), q['item_id'].astype(str)))
@@ -186,74 +221,109 @@ def user_histories(histories: pd.DataFrame, queries: pd.DataFrame) -> pd.DataFra
 
 
 # %% ../nbs/03_local_memory.ipynb #e8164409
-def _records_block(recs: pd.DataFrame, max_records: int, budget_chars: int, meta_chars: int, review_chars: int) -> tuple[str, int]:
-    "The most recent `max_records` records as a numbered list, oldest dropped until the list fits `budget_chars`; returns (text, records kept)."
+def _records_block(recs: pd.DataFrame, max_records: int, budget_chars: int, meta_chars: int,
+                   review_chars: int) -> tuple[str, int]:
+    """The most recent `max_records` records as a numbered list, oldest dropped until the list fits `budget_chars`;
+    returns (text, records kept)."""
     lines = [record_text(r, meta_chars, review_chars) for _, r in recs.tail(max_records).iterrows()]
     while len(lines) > 1 and sum(len(l) + 5 for l in lines) > budget_chars: lines = lines[1:]
     return '\n'.join(f"{i}. {l}" for i, l in enumerate(lines, 1)), len(lines)
 
-SYSTEM_PROMPT = "You summarise a shopper's preferences for a recommendation assistant. State only what the input supports."
-PATTERN_HEAD = "The user's purchases in this category (oldest first), each with the item's details, the user's rating and review:"
-PATTERN_TASK = ("Task: summarise this user's preferences in this category, using patterns that recur across the items and "
-                "reviews: favoured brands, price range, styles, materials, colours, features, quality expectations, and what "
-                "they disliked. Write short sentences, one preference per sentence. Do not invent anything the items and "
-                "reviews do not support.\nPreference summary:")
+SYSTEM_PROMPT = ("You summarise a shopper's preferences for a recommendation assistant. "
+                 "State only what the input supports.")
+PATTERN_HEAD = ("The user's purchases in this category (oldest first), each with the item's details, "
+                "the user's rating and review:")
+PATTERN_TASK = (
+    "Task: summarise this user's preferences in this category, using patterns that recur across the items and "
+    "reviews: favoured brands, price range, styles, materials, colours, features, quality expectations, and what "
+    "they disliked. Write short sentences, one preference per sentence. Do not invent anything the items and "
+    "reviews do not support.\nPreference summary:")
 PROFILE_HEAD = "The user's preferences, per category:"
-PROFILE_TASK = ("Task: infer the user's overall profile from these preferences: spending habits, brand inclination, style "
-                "choices, feature priorities, quality expectations, lifestyle hints. Write short sentences, one trait per "
-                "sentence. Do not invent anything the preferences do not support.\nUser profile:")
+PROFILE_TASK = (
+    "Task: infer the user's overall profile from these preferences: spending habits, brand inclination, style "
+    "choices, feature priorities, quality expectations, lifestyle hints. Write short sentences, one trait per "
+    "sentence. Do not invent anything the preferences do not support.\nUser profile:")
 STATIC_HEAD = "The user's recent purchases (oldest first), each with the item's details, the user's rating and review:"
-STATIC_TASK = ("Task: write a summary of this user's shopping preferences that a recommendation assistant can use for any "
-               "future request: favoured brands, price range, styles, materials, features, quality expectations, dislikes. "
-               "Do not invent anything the purchases do not support.\nSummary:")
+STATIC_TASK = (
+    "Task: write a summary of this user's shopping preferences that a recommendation assistant can use for any "
+    "future request: favoured brands, price range, styles, materials, features, quality expectations, dislikes. "
+    "Do not invent anything the purchases do not support.\nSummary:")
 
+# %% ../nbs/03_local_memory.ipynb #8706d587
 def _pattern_user(category: str, recs: pd.DataFrame, cfg: LocalMemoryConfig) -> str:
-    block, _ = _records_block(recs, cfg.pattern_max_records, cfg.prompt_budget_chars, cfg.record_meta_chars, cfg.record_review_chars)
+    block, _ = _records_block(recs, cfg.pattern_max_records, cfg.prompt_budget_chars, cfg.record_meta_chars,
+                              cfg.record_review_chars)
     return f"Category: {category}\n{PATTERN_HEAD}\n{block}\n\n{PATTERN_TASK}"
 
 def _profile_user(patterns: dict[str, str], cfg: LocalMemoryConfig) -> str:
-    block = '\n'.join(f"- {cat}: {_clip(txt, cfg.profile_pattern_chars)}" for cat, txt in patterns.items())
+    block = '\n'.join(f"- {cat}: {clip_text(txt, cfg.profile_pattern_chars)}" for cat, txt in patterns.items())
     return f"{PROFILE_HEAD}\n{block}\n\n{PROFILE_TASK}"
 
 def _static_user(recs: pd.DataFrame, cfg: LocalMemoryConfig) -> str:
-    block, _ = _records_block(recs, cfg.static_max_records, cfg.prompt_budget_chars, cfg.record_meta_chars, cfg.record_review_chars)
+    block, _ = _records_block(recs, cfg.static_max_records, cfg.prompt_budget_chars, cfg.record_meta_chars,
+                              cfg.record_review_chars)
     return f"{STATIC_HEAD}\n{block}\n\n{STATIC_TASK}"
 
+# %% ../nbs/03_local_memory.ipynb #298e6fea
 # One worked example per prompt kind (`one_shot`), from products SynthC4 does not have and with words none of its
 # aspect values use, so that an answer copying the example is recognisable (its sentences are dropped as echoes) and
 # cannot inflate the diagnostics.
 def _ex(title, text, rating, rtitle, review, cat, t):
     return dict(user_id='example', item_id=f'ex{t}', category=cat, timestamp=t, rating=rating, review_title=rtitle,
                 review_text=review, item_title=title, item_text=text)
-EXAMPLE_RECORDS = pd.DataFrame([
-    _ex('Tally Ho! forest game', 'Cooperative, 2-6 players, 30 minutes', 5, 'Great', 'Quick to learn, the children love the carved pieces.', 'Board Games', 1),
-    _ex('Iron Empires', 'Strategy, 3-4 players, 3 hours', 2, 'Too much', 'Three hours and a thick rulebook, not for us.', 'Board Games', 2),
-    _ex('Word Rush', 'Party game, 4-10 players, 15 minutes', 4, 'Fun', 'Quick rounds, sturdy cards.', 'Board Games', 3),
-    _ex('Meadow jigsaw puzzle', '500 pieces, landscape picture, poster included', 5, 'Lovely', 'Love the landscape picture and the poster.', 'Puzzles', 4),
-    _ex('Clearwater puzzle', '1000 pieces, sky picture', 2, 'Gave up', 'Pieces do not interlock, gave up.', 'Puzzles', 5)])
-EXAMPLE_PATTERNS = {'Board Games': 'Prefers games of 15 to 30 minutes. Likes simple rules that children learn quickly. Values sturdy '
-                                   'components such as carved pieces and thick cards. Dislikes strategy games of three hours with thick rulebooks.',
-                    'Puzzles': 'Prefers 500-piece puzzles with landscape pictures and a poster in the box. Dislikes puzzles with pieces that do not interlock.'}
-EXAMPLE_PROFILE = ('A family-oriented buyer who plays and puzzles with children. Prefers quick, simple activities over complex ones. '
-                   'Expects sturdy pieces that survive rough handling. Likes landscape pictures.')
-EXAMPLE_STATIC = ('Plays board games and does jigsaw puzzles with children. Prefers cooperative games of 15 to 30 minutes with simple rules '
-                  'and sturdy carved pieces or thick cards; dislikes three-hour strategy games. Likes 500-piece landscape puzzles with a '
-                  'poster; dislikes pieces that do not interlock.')
 
+EXAMPLE_RECORDS = pd.DataFrame([
+    _ex('Tally Ho! forest game', 'Cooperative, 2-6 players, 30 minutes', 5, 'Great',
+        'Quick to learn, the children love the carved pieces.', 'Board Games', 1),
+    _ex('Iron Empires', 'Strategy, 3-4 players, 3 hours', 2, 'Too much',
+        'Three hours and a thick rulebook, not for us.', 'Board Games', 2),
+    _ex('Word Rush', 'Party game, 4-10 players, 15 minutes', 4, 'Fun', 'Quick rounds, sturdy cards.', 'Board Games', 3),
+    _ex('Meadow jigsaw puzzle', '500 pieces, landscape picture, poster included', 5, 'Lovely',
+        'Love the landscape picture and the poster.', 'Puzzles', 4),
+    _ex('Clearwater puzzle', '1000 pieces, sky picture', 2, 'Gave up', 'Pieces do not interlock, gave up.', 'Puzzles',
+        5)
+])
+EXAMPLE_PATTERNS = {
+    'Board Games': 'Prefers games of 15 to 30 minutes. Likes simple rules that children learn quickly. Values sturdy '
+    'components such as carved pieces and thick cards. Dislikes strategy games of three hours with thick rulebooks.',
+    'Puzzles': 'Prefers 500-piece puzzles with landscape pictures and a poster in the box. '
+               'Dislikes puzzles with pieces that do not interlock.'
+}
+EXAMPLE_PROFILE = (
+    'A family-oriented buyer who plays and puzzles with children. Prefers quick, simple activities over complex ones. '
+    'Expects sturdy pieces that survive rough handling. Likes landscape pictures.')
+EXAMPLE_STATIC = (
+    'Plays board games and does jigsaw puzzles with children. Prefers cooperative games of 15 to 30 minutes '
+    'with simple rules and sturdy carved pieces or thick cards; dislikes three-hour strategy games. '
+    'Likes 500-piece landscape puzzles with a poster; dislikes pieces that do not interlock.')
+
+# %% ../nbs/03_local_memory.ipynb #945075ae
 def _chat(user: str, cfg: LocalMemoryConfig, example: tuple[str, str]) -> list[dict]:
-    shot = [{'role': 'user', 'content': example[0]}, {'role': 'assistant', 'content': example[1]}] if cfg.one_shot else []
+    shot = ([{'role': 'user', 'content': example[0]}, {'role': 'assistant', 'content': example[1]}]
+            if cfg.one_shot else [])
     return [{'role': 'system', 'content': SYSTEM_PROMPT}, *shot, {'role': 'user', 'content': user}]
 
-def pattern_prompt(category: str, recs: pd.DataFrame, cfg: LocalMemoryConfig) -> list[dict]:
+def pattern_prompt(
+    category: str,           # a category name
+    recs: pd.DataFrame,      # the user's records of this category, oldest first
+    cfg: LocalMemoryConfig,  # the build settings
+) -> list[dict]:
     "Chat messages asking for the user's preference pattern in one category, from that category's records only."
-    ex = (_pattern_user('Board Games', EXAMPLE_RECORDS[EXAMPLE_RECORDS.category == 'Board Games'], cfg), EXAMPLE_PATTERNS['Board Games'])
+    ex = (_pattern_user('Board Games', EXAMPLE_RECORDS[EXAMPLE_RECORDS.category == 'Board Games'], cfg),
+          EXAMPLE_PATTERNS['Board Games'])
     return _chat(_pattern_user(category, recs, cfg), cfg, ex)
 
-def profile_prompt(patterns: dict[str, str], cfg: LocalMemoryConfig) -> list[dict]:
+def profile_prompt(
+    patterns: dict[str, str],  # category -> the user's preference pattern text
+    cfg: LocalMemoryConfig,    # the build settings
+) -> list[dict]:
     "Chat messages asking for the user's overall profile from their per-category preference patterns."
     return _chat(_profile_user(patterns, cfg), cfg, (_profile_user(EXAMPLE_PATTERNS, cfg), EXAMPLE_PROFILE))
 
-def static_prompt(recs: pd.DataFrame, cfg: LocalMemoryConfig) -> list[dict]:
+def static_prompt(
+    recs: pd.DataFrame,      # one user's records, oldest first
+    cfg: LocalMemoryConfig,  # the build settings
+) -> list[dict]:
     "Chat messages asking for one static summary of the user's recent history (the T1 `static` baseline)."
     return _chat(_static_user(recs, cfg), cfg, (_static_user(EXAMPLE_RECORDS, cfg), EXAMPLE_STATIC))
 
@@ -262,66 +332,99 @@ def static_prompt(recs: pd.DataFrame, cfg: LocalMemoryConfig) -> list[dict]:
 PROMPT_ECHO = ' '.join((SYSTEM_PROMPT, PATTERN_HEAD, PATTERN_TASK, PROFILE_HEAD, PROFILE_TASK, STATIC_HEAD, STATIC_TASK,
                         *EXAMPLE_PATTERNS.values(), EXAMPLE_PROFILE, EXAMPLE_STATIC))
 
-def naive_memory_text(recs: pd.DataFrame, n: int = 10, meta_chars: int = 240, review_chars: int = 240) -> str:
+def naive_memory_text(
+    recs: pd.DataFrame,       # one user's records, oldest first
+    n: int = 10,              # latest interactions kept
+    meta_chars: int = 240,    # item metadata kept
+    review_chars: int = 240,  # review text kept
+) -> str:
     "The naive T1 memory: the user's latest `n` interactions as text, oldest first."
     return '\n'.join(record_text(r, meta_chars, review_chars) for _, r in recs.tail(n).iterrows())
 
 # %% ../nbs/03_local_memory.ipynb #4a35522d
 ENTRY_COLUMNS = ('entry_id', 'user_id', 'level', 'category', 'chunk', 'text')
 
-def assemble_user(user_id: str, recs: pd.DataFrame, patterns: dict[str, GenOut], profile: GenOut | None,
-                  cfg: LocalMemoryConfig) -> tuple[pd.DataFrame, Counter]:
+def assemble_user(
+    user_id: str,                 # the user's id
+    recs: pd.DataFrame,           # the user's records, oldest first
+    patterns: dict[str, GenOut],  # category -> the generated pattern
+    profile: GenOut | None,       # the generated profile (None: not generated)
+    cfg: LocalMemoryConfig,       # the build settings
+) -> tuple[pd.DataFrame, Counter]:
     "The entries of one user's local memory (levels of `cfg.levels`) and the outcome count of each generated text."
     rows, outcomes = [], Counter()
     if 'record' in cfg.levels:
         half = cfg.record_entry_chars // 2
         for n, (_, r) in enumerate(recs.iterrows()):
-            rows.append((entry_id(user_id, 'record', r['category'], n), user_id, 'record', r['category'], n, record_text(r, half, half)))
+            rows.append((entry_id(user_id, 'record', r['category'],
+                                  n), user_id, 'record', r['category'], n, record_text(r, half, half)))
     def add(level, category, g):
         text = g.text
         if g.truncated:            # cut off by the token limit: the last, unfinished sentence is dropped
             end = max(text.rfind('.'), text.rfind('!'), text.rfind('?'), text.rfind('\n'))
             text = text[:end + 1] if end > 0 else text
         chunks = chunk_text(text, cfg.chunk_max_words, cfg.chunk_min_words, echo=PROMPT_ECHO)
-        outcomes[f"{level}:{'empty' if not g.text.strip() else 'no_chunks' if not chunks else 'truncated' if g.truncated else 'ok'}"] += 1
+        how = 'empty' if not g.text.strip() else 'no_chunks' if not chunks else 'truncated' if g.truncated else 'ok'
+        outcomes[f"{level}:{how}"] += 1
         if level in cfg.levels:
-            rows.extend((entry_id(user_id, level, category, j), user_id, level, category, j, c) for j, c in enumerate(chunks))
+            rows.extend(
+                (entry_id(user_id, level, category, j), user_id, level, category, j, c) for j, c in enumerate(chunks))
     for cat, g in patterns.items(): add('pattern', cat, g)
     if profile is not None: add('profile', 'all', profile)
     return pd.DataFrame(rows, columns=list(ENTRY_COLUMNS)), outcomes
 
 # %% ../nbs/03_local_memory.ipynb #35f99d50
-def local_fingerprint(cfg: LocalMemoryConfig, llm_id: str, embedder_id: str) -> str:
+def local_fingerprint(
+    cfg: LocalMemoryConfig,  # the build settings
+    llm_id: str,             # the LLM's name
+    embedder_id: str,        # the encoder's name
+) -> str:
     "Hash of everything that shapes a user's stored memory (not `user_batch`, `top_k`, which do not)."
     d = dataclasses.asdict(cfg); d.pop('user_batch'); d.pop('top_k');
     return stable_hash(PROMPT_VERSION, d, llm_id, embedder_id, n=12)
 
-def user_key(user_id: str) -> str:
+def user_key(
+    user_id: str,  # any user id
+) -> str:
     "A file-name-safe key of a user id (readable prefix + hash, so distinct ids never collide)."
     return f"{re.sub(r'[^A-Za-z0-9_-]', '_', str(user_id))[:40]}-{stable_hash(str(user_id), n=8)}"
 
 def _user_path(root: Path, user_id: str, fp: str) -> Path:
     return Path(root) / 'users' / f"{user_key(user_id)}.{fp}.parquet"
 
-def commit_user(root: Path, fp: str, user_id: str, entries: pd.DataFrame, emb: np.ndarray, info: dict) -> Path:
+def commit_user(
+    root: Path,             # the store's folder
+    fp: str,                # the store's fingerprint
+    user_id: str,           # the user's id
+    entries: pd.DataFrame,  # the user's entries (`ENTRY_COLUMNS`)
+    emb: np.ndarray,        # their embeddings, one row per entry
+    info: dict,             # raw texts, baselines, outcomes and accounting of the user
+) -> Path:
     "Write one user's memory atomically; files of the same user under another fingerprint are removed after."
     df = entries.copy()
     df['emb'] = [row.astype('<f4').tobytes() for row in emb] if len(df) else pd.Series([], dtype=object)
-    df.attrs['mrrec'] = {'fingerprint': fp, 'user_id': user_id, 'dim': int(emb.shape[1]) if emb.ndim == 2 and len(df) else 0, **info}
+    df.attrs['mrrec'] = {'fingerprint': fp, 'user_id': user_id,
+                         'dim': int(emb.shape[1]) if emb.ndim == 2 and len(df) else 0, **info}
     path = write_parquet(df, _user_path(root, user_id, fp))
     for old in path.parent.glob(f"{user_key(user_id)}.*.parquet"):
         if old != path: old.unlink(missing_ok=True)
     return path
 
-def load_user(path: Path) -> tuple[pd.DataFrame, np.ndarray, dict]:
+def load_user(
+    path: Path,  # a committed user file
+) -> tuple[pd.DataFrame, np.ndarray, dict]:
     "Entries, embeddings and metadata of one committed user file."
     df = read_parquet(path)
     info = df.attrs.get('mrrec', {})
     dim = info.get('dim', 0)
-    emb = np.frombuffer(b''.join(df['emb']), dtype='<f4').reshape(len(df), dim).copy() if len(df) else np.zeros((0, dim), np.float32)
+    emb = (np.frombuffer(b''.join(df['emb']), dtype='<f4').reshape(len(df), dim).copy() if len(df)
+           else np.zeros((0, dim), np.float32))
     return df.drop(columns='emb').reset_index(drop=True), emb, info
 
-def committed_users(root: Path, fp: str) -> set[str]:
+def committed_users(
+    root: Path,  # the store's folder
+    fp: str,     # the store's fingerprint
+) -> set[str]:
     "Keys of the users whose memory is committed under fingerprint `fp`."
     d = Path(root) / 'users'
     return {p.name[:-len(f'.{fp}.parquet')] for p in d.glob(f'*.{fp}.parquet')} if d.is_dir() else set()
@@ -346,9 +449,53 @@ def _stats(gens: list[GenOut]) -> dict:
             'output_tokens': sum(g.output_tokens for g in gens), 'llm_time_s': sum(g.time_s for g in gens),
             'cached_calls': sum(g.cached for g in gens)}
 
-def build_local_memory(history: pd.DataFrame, llm, embedder, cfg: LocalMemoryConfig, root: str | os.PathLike,
-                       users: list[str] | None = None, llm_id: str | None = None, embedder_id: str | None = None,
-                       progress: bool = True) -> LocalBuildReport:
+# %% ../nbs/03_local_memory.ipynb #72229acc
+def _generate_batch(llm, batch: list[str], recs: dict[str, pd.DataFrame], cfg: LocalMemoryConfig):
+    "One batch's LLM calls: every pattern prompt, then every static prompt, then every profile prompt (one call each)."
+    need_patterns = bool({'pattern', 'profile'} & set(cfg.levels))
+    pat_keys = [(u, c) for u in batch if need_patterns for c in sorted(recs[u]['category'].unique())]
+    pat_out = generate_batch(llm, [pattern_prompt(c, recs[u][recs[u]['category'] == c], cfg) for u, c in pat_keys],
+                             'local_memory.pattern', cfg.pattern_max_new_tokens) if pat_keys else []
+    patterns = defaultdict(dict)
+    for (u, c), g in zip(pat_keys, pat_out): patterns[u][c] = g
+    static_users = [u for u in batch if 'static' in cfg.baselines and len(recs[u])]
+    static_out = dict(zip(static_users, generate_batch(llm, [static_prompt(recs[u], cfg) for u in static_users],
+                                                       'local_memory.static', cfg.static_max_new_tokens)))
+    prof_users = [u for u in batch if 'profile' in cfg.levels and any(g.text.strip() for g in patterns[u].values())]
+    prof_prompts = [profile_prompt({c: g.text for c, g in patterns[u].items() if g.text.strip()}, cfg)
+                    for u in prof_users]
+    prof_out = dict(zip(prof_users, generate_batch(llm, prof_prompts, 'local_memory.profile',
+                                                   cfg.profile_max_new_tokens)))
+    return patterns, static_out, prof_out
+
+def _user_info(u: str, recs: pd.DataFrame, outc: Counter, n_entries: int, emb_share: float, patterns: dict,
+               static_out: dict, prof_out: dict, cfg: LocalMemoryConfig) -> dict:
+    "The metadata committed with one user: raw texts, baselines, outcome counts and the user's accounting."
+    local_gens = list(patterns.values()) + ([prof_out[u]] if u in prof_out else [])
+    stats = {'local': {**_stats(local_gens), 'entries': n_entries, 'embed_time_s': emb_share * n_entries},
+             'naive': {**_stats([]), 'entries': int('naive' in cfg.baselines and len(recs) > 0), 'embed_time_s': 0.0},
+             'static': {**_stats([static_out[u]] if u in static_out else []), 'embed_time_s': 0.0,
+                        'entries': int(u in static_out and bool(static_out[u].text.strip()))}}
+    naive = (naive_memory_text(recs, cfg.naive_n, cfg.record_meta_chars, cfg.record_review_chars)
+             if 'naive' in cfg.baselines else None)
+    static_outcome = ({f"static:{'ok' if static_out[u].text.strip() else 'empty'}": 1} if u in static_out else {})
+    return {'raw': {'patterns': {c: g.text for c, g in patterns.items()},
+                    'profile': prof_out[u].text if u in prof_out else None},
+            'baselines': {'naive': naive, 'static': static_out[u].text if u in static_out else None},
+            'outcomes': dict(outc) | static_outcome, 'stats': stats, 'n_records': int(len(recs))}
+
+# %% ../nbs/03_local_memory.ipynb #e51d9b76
+def build_local_memory(
+    history: pd.DataFrame,           # interactions before each user's first query (see `user_histories`)
+    llm,                             # an LLM, a zero-argument factory of one, or None
+    embedder,                        # an encoder (`encode(texts, kind)`)
+    cfg: LocalMemoryConfig,          # the build settings
+    root: str | os.PathLike,         # the store's folder
+    users: list[str] | None = None,  # users to build (default: every user in `history`)
+    llm_id: str | None = None,       # the LLM's name for the fingerprint (default: from `llm`)
+    embedder_id: str | None = None,  # the encoder's name for the fingerprint (default: from `embedder`)
+    progress: bool = True,           # show a progress bar
+) -> LocalBuildReport:
     """Build (or finish) the local memory of `users` (default: every user in `history`) under `root`, resumably.
     `history` holds only interactions before each user's first query (see `user_histories`). `llm` is an LLM, a
     zero-argument factory of one (called only if something must be generated), or None when nothing needs generating."""
@@ -358,30 +505,18 @@ def build_local_memory(history: pd.DataFrame, llm, embedder, cfg: LocalMemoryCon
     users = sorted(set(map(str, users if users is not None else h['user_id'].unique())))
     by_user = {u: g for u, g in h.groupby('user_id', sort=False)}
     empty = h.iloc[:0]
-    if llm is not None and not hasattr(llm, 'generate') and callable(llm): llm = LazyLLM(llm)   # a factory: load on demand
+    if llm is not None and not hasattr(llm, 'generate') and callable(llm): llm = LazyLLM(llm)   # a factory: on demand
     fp = local_fingerprint(cfg, llm_id or model_id(llm, 'none'), embedder_id or model_id(embedder))
-    for tmp in (root / 'users').glob('.*.tmp'): tmp.unlink(missing_ok=True)   # left by a killed build (one writer per store)
+    for tmp in (root / 'users').glob('.*.tmp'): tmp.unlink(missing_ok=True)   # left by a killed build (one writer)
     done = committed_users(root, fp)
-    need_patterns = bool({'pattern', 'profile'} & set(cfg.levels))
     built, prompts, outcomes = 0, 0, Counter()
     todo_batches = [[u for u in b if user_key(u) not in done] for b in _batches(users, cfg.user_batch)]
     todo_batches = [b for b in todo_batches if b]
     bar = tqdm(total=sum(map(len, todo_batches)), desc='local memory', unit='user', disable=not progress)
     for batch in todo_batches:
         recs = {u: by_user.get(u, empty) for u in batch}
-        pat_keys = [(u, c) for u in batch if need_patterns for c in sorted(recs[u]['category'].unique())]
-        pat_out = generate_batch(llm, [pattern_prompt(c, recs[u][recs[u]['category'] == c], cfg) for u, c in pat_keys],
-                                 'local_memory.pattern', cfg.pattern_max_new_tokens) if pat_keys else []
-        patterns = defaultdict(dict)
-        for (u, c), g in zip(pat_keys, pat_out): patterns[u][c] = g
-        static_users = [u for u in batch if 'static' in cfg.baselines and len(recs[u])]
-        static_out = dict(zip(static_users, generate_batch(llm, [static_prompt(recs[u], cfg) for u in static_users],
-                                                           'local_memory.static', cfg.static_max_new_tokens)))
-        prof_users = [u for u in batch if 'profile' in cfg.levels and any(g.text.strip() for g in patterns[u].values())]
-        prof_out = dict(zip(prof_users, generate_batch(
-            llm, [profile_prompt({c: g.text for c, g in patterns[u].items() if g.text.strip()}, cfg) for u in prof_users],
-            'local_memory.profile', cfg.profile_max_new_tokens)))
-        prompts += len(pat_out) + len(static_out) + len(prof_out)
+        patterns, static_out, prof_out = _generate_batch(llm, batch, recs, cfg)
+        prompts += sum(map(len, patterns.values())) + len(static_out) + len(prof_out)
         assembled = {u: assemble_user(u, recs[u], patterns[u], prof_out.get(u), cfg) for u in batch}
         texts = [t for u in batch for t in assembled[u][0]['text']]
         t0 = time.perf_counter()
@@ -391,26 +526,24 @@ def build_local_memory(history: pd.DataFrame, llm, embedder, cfg: LocalMemoryCon
         for u in batch:
             entries, outc = assembled[u]
             emb = emb_all[pos:pos + len(entries)]; pos += len(entries)
-            local_gens = list(patterns[u].values()) + ([prof_out[u]] if u in prof_out else [])
-            stats = {'local': {**_stats(local_gens), 'entries': len(entries), 'embed_time_s': emb_share * len(entries)},
-                     'naive': {**_stats([]), 'entries': int('naive' in cfg.baselines and len(recs[u]) > 0), 'embed_time_s': 0.0},
-                     'static': {**_stats([static_out[u]] if u in static_out else []), 'embed_time_s': 0.0,
-                                'entries': int(u in static_out and bool(static_out[u].text.strip()))}}
-            info = {'raw': {'patterns': {c: g.text for c, g in patterns[u].items()},
-                            'profile': prof_out[u].text if u in prof_out else None},
-                    'baselines': {'naive': naive_memory_text(recs[u], cfg.naive_n, cfg.record_meta_chars, cfg.record_review_chars)
-                                  if 'naive' in cfg.baselines else None,
-                                  'static': static_out[u].text if u in static_out else None},
-                    'outcomes': dict(outc) | ({f"static:{'ok' if static_out[u].text.strip() else 'empty'}": 1} if u in static_out else {}),
-                    'stats': stats, 'n_records': int(len(recs[u]))}
-            commit_user(root, fp, u, entries, emb if len(entries) else np.zeros((0, emb_all.shape[1] if emb_all.size else 0), np.float32), info)
+            info = _user_info(u, recs[u], outc, len(entries), emb_share, patterns[u], static_out, prof_out, cfg)
+            if not len(entries): emb = np.zeros((0, emb_all.shape[1] if emb_all.size else 0), np.float32)
+            commit_user(root, fp, u, entries, emb, info)
             outcomes.update(info['outcomes']); built += 1; bar.update(1)
     bar.close()
     n_entries = consolidate_local_memory(root, users, fp, cfg)
-    return LocalBuildReport(len(users), built, prompts, n_entries, dict(sorted(outcomes.items())), time.perf_counter() - t_start, root)
+    return LocalBuildReport(len(users), built, prompts, n_entries, dict(sorted(outcomes.items())),
+                            time.perf_counter() - t_start, root)
 
-def consolidate_local_memory(root: Path, users: list[str], fp: str, cfg: LocalMemoryConfig) -> int:
-    "Gather the committed users into `entries.parquet`, `embeddings.npy`, `summaries.parquet`, `baselines.parquet`, `manifest.json`."
+# %% ../nbs/03_local_memory.ipynb #60ca1fae
+def consolidate_local_memory(
+    root: Path,              # the store's folder
+    users: list[str],        # the users of the store, in order
+    fp: str,                 # the store's fingerprint
+    cfg: LocalMemoryConfig,  # the build settings
+) -> int:
+    """Gather the committed users into `entries.parquet`, `embeddings.npy`, `summaries.parquet`, `baselines.parquet`,
+    `manifest.json`."""
     root = Path(root)
     ent, embs, summ, base, outcomes, acct, dim = [], [], [], [], Counter(), defaultdict(Counter), 0
     for u in users:
@@ -424,29 +557,39 @@ def consolidate_local_memory(root: Path, users: list[str], fp: str, cfg: LocalMe
         for mem, s in info['stats'].items():
             acct[mem].update({k: v for k, v in s.items()}); acct[mem]['users'] += 1
     entries = pd.concat(ent, ignore_index=True) if ent else pd.DataFrame(columns=list(ENTRY_COLUMNS))
-    emb = np.concatenate([x.reshape(len(x), dim) if len(x) else np.zeros((0, dim), np.float32) for x in embs]) if embs else np.zeros((0, 0), np.float32)
+    emb = np.concatenate([x.reshape(len(x), dim) if len(x) else np.zeros((0, dim), np.float32)
+                          for x in embs]) if embs else np.zeros((0, 0), np.float32)
     write_parquet(entries, root / 'entries.parquet')
     with atomic_write(root / 'embeddings.npy', 'wb') as f: np.save(f, emb.astype(np.float32))
     write_parquet(pd.DataFrame(summ, columns=['user_id', 'level', 'category', 'text']), root / 'summaries.parquet')
     write_parquet(pd.DataFrame(base, columns=['user_id', 'kind', 'text']), root / 'baselines.parquet')
     write_json({'fingerprint': fp, 'prompt_version': PROMPT_VERSION, 'config': dataclasses.asdict(cfg), 'users': users,
-                'dim': int(dim), 'entries': int(len(entries)), 'entries_per_level': entries['level'].value_counts().sort_index().to_dict(),
-                'outcomes': dict(sorted(outcomes.items())), 'accounting': {m: dict(c) for m, c in sorted(acct.items())}},
+                'dim': int(dim), 'entries': int(len(entries)),
+                'entries_per_level': entries['level'].value_counts().sort_index().to_dict(),
+                'outcomes': dict(sorted(outcomes.items())),
+                'accounting': {m: dict(c) for m, c in sorted(acct.items())}},
                root / 'manifest.json')
     return len(entries)
 
 # %% ../nbs/03_local_memory.ipynb #cd9d1717
 class LocalMemory:
     "The local memory store of a run: entries, embeddings, raw summaries and baselines, with per-user retrieval."
-    def __init__(self, root: str | os.PathLike, embedder=None, levels: tuple[str, ...] = LOCAL_LEVELS):
+    def __init__(
+        self,
+        root: str | os.PathLike,                 # the store's folder
+        embedder=None,                           # the encoder of `retrieve` (None: search by vector only)
+        levels: tuple[str, ...] = LOCAL_LEVELS,  # the levels `retrieve` searches
+    ):
         self.root = Path(root)
         if not (self.root / 'manifest.json').exists():
-            raise FileNotFoundError(f"{self.root}: no local memory here (manifest.json missing); run build_local_memory first")
+            raise FileNotFoundError(
+                f"{self.root}: no local memory here (manifest.json missing); run build_local_memory first")
         self.manifest = read_json(self.root / 'manifest.json')
         self.entries = read_parquet(self.root / 'entries.parquet')
         self.emb = np.load(self.root / 'embeddings.npy')
         if len(self.emb) != len(self.entries):
-            raise ValueError(f"{self.root}: embeddings.npy has {len(self.emb)} rows, entries.parquet {len(self.entries)}")
+            raise ValueError(
+                f"{self.root}: embeddings.npy has {len(self.emb)} rows, entries.parquet {len(self.entries)}")
         self.summaries = read_parquet(self.root / 'summaries.parquet')
         self.baselines = read_parquet(self.root / 'baselines.parquet')
         self.embedder, self.levels = embedder, tuple(levels)
@@ -455,10 +598,15 @@ class LocalMemory:
         self._users = set(self.manifest['users'])
 
     @property
-    def users(self) -> list[str]: return list(self.manifest['users'])
+    def users(self) -> list[str]:
+        "The store's users, in build order."
+        return list(self.manifest['users'])
     def __contains__(self, user_id) -> bool: return user_id in self._users
 
-    def with_levels(self, levels: tuple[str, ...]) -> 'LocalMemory':
+    def with_levels(
+        self,
+        levels: tuple[str, ...],  # a subset of `LOCAL_LEVELS`
+    ) -> 'LocalMemory':
         "The same store seen through another subset of levels (a T2 variant); shares all arrays."
         bad = [l for l in levels if l not in LOCAL_LEVELS]
         if bad: raise ValueError(f"unknown level(s) {bad}; expected a subset of {LOCAL_LEVELS}")
@@ -471,69 +619,127 @@ class LocalMemory:
         lv = self.levels if levels is None else tuple(levels)
         return rows[np.isin(self._level[rows], lv)]
 
-    def user_entries(self, user_id: str, levels=None) -> pd.DataFrame:
+    def user_entries(
+        self,
+        user_id: str,  # the user's id
+        levels=None,   # levels in use (None: the store's)
+    ) -> pd.DataFrame:
         "All entries of one user in the levels in use."
         return self.entries.iloc[self._user_rows(user_id, levels)]
 
-    def search(self, user_id: str, query_vec: np.ndarray, k: int = 3, levels=None) -> list[dict]:
-        "Top-`k` entries of `user_id` by cosine similarity to an already-embedded query."
-        rows = self._user_rows(user_id, levels)
-        if not len(rows) or k <= 0: return []
-        scores = self.emb[rows] @ np.asarray(query_vec, np.float32)
-        order = np.argsort(-scores, kind='stable')[:k]
-        return [{**self.entries.iloc[rows[i]][['entry_id', 'level', 'category', 'text']].to_dict(), 'score': float(scores[i])} for i in order]
+# %% ../nbs/03_local_memory.ipynb #86dbea03
+@patch
+def search(
+    self: LocalMemory,
+    user_id: str,           # the user's id
+    query_vec: np.ndarray,  # an embedded query (unit norm)
+    k: int = 3,             # entries returned
+    levels=None,            # levels in use (None: the store's)
+) -> list[dict]:
+    "Top-`k` entries of `user_id` by cosine similarity to an already-embedded query."
+    rows = self._user_rows(user_id, levels)
+    if not len(rows) or k <= 0: return []
+    scores = self.emb[rows] @ np.asarray(query_vec, np.float32)
+    order = np.argsort(-scores, kind='stable')[:k]
+    return [{**self.entries.iloc[rows[i]][['entry_id', 'level', 'category', 'text']].to_dict(),
+             'score': float(scores[i])} for i in order]
 
-    def retrieve(self, user_id: str, text: str, k: int = 3, levels=None) -> list[dict]:
-        "Top-`k` entries of `user_id` closest to `text` (entry_id, level, category, text, score), best first."
-        return self.retrieve_many([user_id], [text], k, levels)[0]
+@patch
+def retrieve(
+    self: LocalMemory,
+    user_id: str,  # the user's id
+    text: str,     # what to look for
+    k: int = 3,    # entries returned
+    levels=None,   # levels in use (None: the store's)
+) -> list[dict]:
+    "Top-`k` entries of `user_id` closest to `text` (entry_id, level, category, text, score), best first."
+    return self.retrieve_many([user_id], [text], k, levels)[0]
 
-    def retrieve_many(self, user_ids: list[str], texts: list[str], k: int = 3, levels=None) -> list[list[dict]]:
-        "`retrieve` for many (user, text) pairs with one embedding call."
-        if self.embedder is None: raise ValueError("LocalMemory was opened without an embedder; pass embedder= to retrieve by text")
-        q = embed_texts(self.embedder, list(texts), kind='query')
-        return [self.search(u, v, k, levels) for u, v in zip(user_ids, q)]
+@patch
+def retrieve_many(
+    self: LocalMemory,
+    user_ids: list[str],  # one user per text
+    texts: list[str],     # what to look for
+    k: int = 3,           # entries returned
+    levels=None,          # levels in use (None: the store's)
+) -> list[list[dict]]:
+    "`retrieve` for many (user, text) pairs with one embedding call."
+    if self.embedder is None:
+        raise ValueError("LocalMemory was opened without an embedder; pass embedder= to retrieve by text")
+    q = embed_texts(self.embedder, list(texts), kind='query')
+    return [self.search(u, v, k, levels) for u, v in zip(user_ids, q)]
 
-    def baseline(self, user_id: str, kind: str) -> str:
-        "The T1 baseline memory text of a user (`naive` or `static`); '' when the user has none."
-        if user_id not in self._users: raise KeyError(f"user {user_id!r} is not in the local memory at {self.root}")
-        t = self.baselines.loc[(self.baselines.user_id == user_id) & (self.baselines.kind == kind), 'text']
-        return str(t.iloc[0]) if len(t) else ''
+# %% ../nbs/03_local_memory.ipynb #287f7ff4
+@patch
+def baseline(
+    self: LocalMemory,
+    user_id: str,  # the user's id
+    kind: str,     # `naive` or `static`
+) -> str:
+    "The T1 baseline memory text of a user (`naive` or `static`); '' when the user has none."
+    if user_id not in self._users: raise KeyError(f"user {user_id!r} is not in the local memory at {self.root}")
+    t = self.baselines.loc[(self.baselines.user_id == user_id) & (self.baselines.kind == kind), 'text']
+    return str(t.iloc[0]) if len(t) else ''
 
-    def summary(self, user_id: str) -> dict:
-        "The raw LLM texts of one user: {'patterns': {category: text}, 'profile': text or None}."
-        s = self.summaries[self.summaries.user_id == user_id]
-        prof = s.loc[s.level == 'profile', 'text']
-        return {'patterns': dict(zip(s.loc[s.level == 'pattern', 'category'], s.loc[s.level == 'pattern', 'text'])),
-                'profile': str(prof.iloc[0]) if len(prof) else None}
+@patch
+def summary(
+    self: LocalMemory,
+    user_id: str,  # the user's id
+) -> dict:
+    "The raw LLM texts of one user: {'patterns': {category: text}, 'profile': text or None}."
+    s = self.summaries[self.summaries.user_id == user_id]
+    prof = s.loc[s.level == 'profile', 'text']
+    return {'patterns': dict(zip(s.loc[s.level == 'pattern', 'category'], s.loc[s.level == 'pattern', 'text'])),
+            'profile': str(prof.iloc[0]) if len(prof) else None}
 
 # %% ../nbs/03_local_memory.ipynb #302208c7
 ACCOUNTING_COLUMNS = ('memory', 'source_users', 'entries', 'llm_calls', 'cached_calls', 'input_tokens', 'output_tokens',
-                      'input_tokens_M', 'output_tokens_M', 'llm_time_s', 'embed_time_s', 'total_time_s', 'per_entry_time_s')
+                      'input_tokens_M', 'output_tokens_M', 'llm_time_s', 'embed_time_s', 'total_time_s',
+                      'per_entry_time_s')
 
-def accounting_row(memory: str, users: int, entries: int, s: dict) -> dict:
-    "One T4 row from summed statistics (`llm_calls`, `cached_calls`, `input_tokens`, `output_tokens`, `llm_time_s`, `embed_time_s`)."
+def accounting_row(
+    memory: str,   # the row's memory type
+    users: int,    # users whose memory it is
+    entries: int,  # entries of that memory
+    s: dict,       # summed statistics
+) -> dict:
+    """One T4 row from summed statistics (`llm_calls`, `cached_calls`, `input_tokens`, `output_tokens`, `llm_time_s`,
+    `embed_time_s`)."""
     total = float(s.get('llm_time_s', 0.0)) + float(s.get('embed_time_s', 0.0))
-    return {'memory': memory, 'source_users': int(users), 'entries': int(entries), 'llm_calls': int(s.get('llm_calls', 0)),
-            'cached_calls': int(s.get('cached_calls', 0)), 'input_tokens': int(s.get('input_tokens', 0)),
-            'output_tokens': int(s.get('output_tokens', 0)), 'input_tokens_M': s.get('input_tokens', 0) / 1e6,
-            'output_tokens_M': s.get('output_tokens', 0) / 1e6, 'llm_time_s': float(s.get('llm_time_s', 0.0)),
-            'embed_time_s': float(s.get('embed_time_s', 0.0)), 'total_time_s': total,
-            'per_entry_time_s': total / entries if entries else float('nan')}
+    return {
+        'memory': memory, 'source_users': int(users), 'entries': int(entries), 'llm_calls': int(s.get('llm_calls', 0)),
+        'cached_calls': int(s.get('cached_calls', 0)), 'input_tokens': int(s.get('input_tokens', 0)),
+        'output_tokens': int(s.get('output_tokens', 0)), 'input_tokens_M': s.get('input_tokens', 0) / 1e6,
+        'output_tokens_M': s.get('output_tokens', 0) / 1e6, 'llm_time_s': float(s.get('llm_time_s', 0.0)),
+        'embed_time_s': float(s.get('embed_time_s', 0.0)), 'total_time_s': total,
+        'per_entry_time_s': total / entries if entries else float('nan')
+    }
 
-def local_accounting(root: str | os.PathLike) -> pd.DataFrame:
+def local_accounting(
+    root: str | os.PathLike,  # a local memory store
+) -> pd.DataFrame:
     "T4 indexing rows of a local memory store: `local`, then the baselines that were built."
     acct = read_json(Path(root) / 'manifest.json')['accounting']
     return pd.DataFrame([accounting_row(m, acct[m].get('users', 0), acct[m].get('entries', 0), acct[m])
                          for m in ('local', 'static', 'naive') if m in acct], columns=list(ACCOUNTING_COLUMNS))
 
 # %% ../nbs/03_local_memory.ipynb #4fc801a9
-def mentions(text: str, value: str) -> bool:
-    "Whether `value` occurs in `text` as whole words (a plural -s/-es allowed), case-insensitive, spaces / hyphens / underscores alike."
+def mentions(
+    text: str,   # where to look
+    value: str,  # a value of one or more words
+) -> bool:
+    """Whether `value` occurs in `text` as whole words (a plural -s/-es allowed), case-insensitive, spaces / hyphens /
+    underscores alike."""
     words = [re.escape(w) for w in re.split(r'[\s_-]+', str(value).strip().lower()) if w]
-    return bool(words) and re.search(r'(?<![a-z0-9])' + r'[\s_-]+'.join(words) + r'(?:e?s)?(?![a-z0-9])', str(text).lower()) is not None
+    return bool(words) and re.search(r'(?<![a-z0-9])' + r'[\s_-]+'.join(words) + r'(?:e?s)?(?![a-z0-9])',
+                                     str(text).lower()) is not None
 
-def preference_coverage(mem: LocalMemory, truths: dict[str, list[str]]) -> pd.DataFrame:
-    "Per user: the share of their true preferred values found in each level's text, all local levels, and the baselines."
+def preference_coverage(
+    mem: LocalMemory,              # a local memory store
+    truths: dict[str, list[str]],  # user -> their true preferred values
+) -> pd.DataFrame:
+    """Per user: the share of their true preferred values found in each level's text, all local levels, and the
+    baselines."""
     rows = []
     for u, values in truths.items():
         if u not in mem._users or not values: continue
@@ -541,5 +747,8 @@ def preference_coverage(mem: LocalMemory, truths: dict[str, list[str]]) -> pd.Da
         texts = {l: ' \n'.join(ents.loc[ents.level == l, 'text']) for l in LOCAL_LEVELS}
         texts['local'] = ' \n'.join(texts[l] for l in LOCAL_LEVELS)
         texts.update({b: mem.baseline(u, b) for b in BASELINE_KINDS})
-        rows.append({'user_id': u, 'n_values': len(values), **{k: float(np.mean([mentions(t, v) for v in values])) for k, t in texts.items()}})
+        rows.append({
+            'user_id': u, 'n_values': len(values),
+            **{k: float(np.mean([mentions(t, v) for v in values])) for k, t in texts.items()}
+        })
     return pd.DataFrame(rows, columns=['user_id', 'n_values', *LOCAL_LEVELS, 'local', *BASELINE_KINDS])

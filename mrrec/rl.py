@@ -14,9 +14,9 @@ from .core import (ConfigError, Run, atomic_write, load_profile, read_json, run_
                         stable_hash, write_json, write_table)
 
 # %% auto #0
-__all__ = ['PROTOCOLS', 'VARIANTS', 'QUERY_COLUMNS', 'F4_COLUMNS', 'POLICY_META', 'RLConfig', 'target_ranks', 'EmbeddingRanker',
-           'MemoryEnv', 'memory_env_factory', 'answer_texts', 'memory_call_counts', 'make_reward_funcs', 'load_policy',
-           'tool_turn_ids', 'MemoryGRPOTrainer', 'make_text_rollout', 'scripted_openings', 'RecTask',
+__all__ = ['PROTOCOLS', 'VARIANTS', 'QUERY_COLUMNS', 'F4_COLUMNS', 'POLICY_META', 'RLConfig', 'exact_target_ranks',
+           'EmbeddingRanker', 'MemoryEnv', 'memory_env_factory', 'answer_texts', 'memory_call_counts',
+           'make_reward_funcs', 'load_policy', 'tool_turn_ids', 'MemoryGRPOTrainer', 'make_text_rollout', 'RecTask',
            'supports_trl_tools', 'resolve_protocol', 'rl_dataset', 'grpo_args', 'lora_config', 'build_trainer',
            'mask_spans', 'tool_turn_renderer', 'verify_tool_mask', 'masked_logp_gradients', 'rollout_tool_results',
            'task_from_run', 'RewardLogCallback', 'read_reward_log', 'policy_dir', 'trained_policy', 'variant_model',
@@ -26,14 +26,40 @@ __all__ = ['PROTOCOLS', 'VARIANTS', 'QUERY_COLUMNS', 'F4_COLUMNS', 'POLICY_META'
 PROTOCOLS = ('auto', 'chat_tools', 'text')
 VARIANTS = ('instruct', 'base')
 
+def _check_rl_config(cfg) -> None:
+    "Raise ConfigError, naming the key, for an unusable `[rl]` table."
+    where = f"[{cfg.section}]"
+    if cfg.protocol not in PROTOCOLS:
+        raise ConfigError(f"{where} protocol must be one of {PROTOCOLS}, got {cfg.protocol!r}")
+    bad = [v for v in cfg.variants if v not in VARIANTS]
+    if bad or not cfg.variants:
+        raise ConfigError(f"{where} variants must be a non-empty subset of {VARIANTS}, got {list(cfg.variants)}")
+    if cfg.num_generations < 2:
+        raise ConfigError(f"{where} num_generations must be >= 2 (advantages are normalised within a group)")
+    if cfg.early_stopping_metric not in ('reward', f'recall@{cfg.recall_k}'):
+        raise ConfigError(f"{where} early_stopping_metric must be 'reward' or 'recall@{cfg.recall_k}', got "
+                          f"{cfg.early_stopping_metric!r}")
+    gen_batch = cfg.per_device_train_batch_size * cfg.num_processes * cfg.gradient_accumulation_steps
+    if gen_batch % cfg.num_generations:
+        raise ConfigError(f"{where} per_device_train_batch_size * num_processes * gradient_accumulation_steps = "
+                          f"{gen_batch} must be a multiple of num_generations = {cfg.num_generations}")
+    if cfg.deepspeed_stage not in (0, 1, 2, 3):
+        raise ConfigError(f"{where} deepspeed_stage must be 0..3, got {cfg.deepspeed_stage}")
+    if cfg.threads < 0:
+        raise ConfigError(f"{where} threads must be >= 0 (0 = torch's default), got {cfg.threads}")
+
+# %% ../nbs/06_rl.ipynb #187fcba8
 @dataclass(frozen=True)
 class RLConfig:
     "Settings of the GRPO stage (`[rl]` in a profile)."
     section = 'rl'
-    model: str = 'smollm2'                 # policy backbone, named as in [llm]: alias 'smollm2' (GGUF package), HF id or folder
+    # policy backbone, named as in [llm]: alias 'smollm2' (GGUF package), HF id or folder
+    model: str = 'smollm2'
     base_model: str = ''                   # the base (non-instruct) backbone of the F4 comparison; '' = none available
-    variants: tuple[str, ...] = ('instruct',)  # which backbones the stage trains: 'instruct' -> model, 'base' -> base_model
-    protocol: str = 'auto'                 # tool protocol: 'chat_tools', 'text', or 'auto' (chat_tools iff the template renders tools)
+    # which backbones the stage trains: 'instruct' -> model, 'base' -> base_model
+    variants: tuple[str, ...] = ('instruct',)
+    # tool protocol: 'chat_tools', 'text', or 'auto' (chat_tools iff the template renders tools)
+    protocol: str = 'auto'
     dtype: str = 'float32'                 # training weights; CPU needs float32
     threads: int = 0                       # CPU only: torch intra-op threads for the process (0 = torch's default)
     num_generations: int = 5               # G, rollouts per prompt
@@ -71,47 +97,42 @@ class RLConfig:
     gradient_checkpointing: bool = False
     deepspeed_stage: int = 0               # 0 = no DeepSpeed; 2 or 3 writes a ZeRO accelerate config for the launch
 
-    def __post_init__(self):
-        where = f"[{self.section}]"
-        if self.protocol not in PROTOCOLS: raise ConfigError(f"{where} protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
-        bad = [v for v in self.variants if v not in VARIANTS]
-        if bad or not self.variants: raise ConfigError(f"{where} variants must be a non-empty subset of {VARIANTS}, got {list(self.variants)}")
-        if self.num_generations < 2: raise ConfigError(f"{where} num_generations must be >= 2 (advantages are normalised within a group)")
-        if self.early_stopping_metric not in ('reward', f'recall@{self.recall_k}'):
-            raise ConfigError(f"{where} early_stopping_metric must be 'reward' or 'recall@{self.recall_k}', got {self.early_stopping_metric!r}")
-        gen_batch = self.per_device_train_batch_size * self.num_processes * self.gradient_accumulation_steps
-        if gen_batch % self.num_generations:
-            raise ConfigError(f"{where} per_device_train_batch_size * num_processes * gradient_accumulation_steps = {gen_batch} "
-                              f"must be a multiple of num_generations = {self.num_generations}")
-        if self.deepspeed_stage not in (0, 1, 2, 3): raise ConfigError(f"{where} deepspeed_stage must be 0..3, got {self.deepspeed_stage}")
-        if self.threads < 0: raise ConfigError(f"{where} threads must be >= 0 (0 = torch's default), got {self.threads}")
+    def __post_init__(self): _check_rl_config(self)
 
     @property
     def prompts_per_step(self) -> int:
         "Prompts per optimizer step (the paper's 'batch size')."
-        return self.per_device_train_batch_size * self.num_processes * self.gradient_accumulation_steps // self.num_generations
-
+        completions = self.per_device_train_batch_size * self.num_processes * self.gradient_accumulation_steps
+        return completions // self.num_generations
     @property
     def reward_weights(self) -> list[float]:
         "Weights of (format, nDCG, memory), in the order of `make_reward_funcs`."
         return [self.format_weight, self.ndcg_weight, self.memory_weight]
 
 # %% ../nbs/06_rl.ipynb #b46e251f
-from .retrieval import (MEMORY_TOOL_NAME, MemoryTool, agent_prompt_fn, format_tool_call, memory_call_aspects,
-                             memory_tool_fn, memory_tool_schema, parse_boxed_answer, protocol_messages, tool_result_message,
-                             AgentConfig)
+from .agent import (MEMORY_TOOL_NAME, MemoryTool, agent_prompt_fn, format_tool_call, memory_call_aspects,
+                         memory_tool_fn, memory_tool_schema, parse_boxed_answer, protocol_messages, tool_result_message,
+                         AgentConfig)
 
 # %% ../nbs/06_rl.ipynb #8b917a6a
 from .metrics import ndcg_at_k, recall_at_k
 
-def target_ranks(query_emb, item_emb, target_rows, chunk: int = 262144, tie_tol: float = 1e-5) -> np.ndarray:
+def exact_target_ranks(
+    query_emb,              # (n, d) query vectors
+    item_emb,               # (N, d) pool vectors (array or torch tensor)
+    target_rows,            # each query's target row in the pool
+    chunk: int = 262144,    # pool rows scored at once
+    tie_tol: float = 1e-5,  # scores within this of the target's count as ties (to the target)
+) -> np.ndarray:
     "1-based rank of item `target_rows[i]` when the pool `item_emb` is sorted by inner product with `query_emb[i]`."
     import torch
-    items = item_emb if isinstance(item_emb, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(item_emb, dtype=np.float32))
+    items = item_emb if isinstance(item_emb,
+                                   torch.Tensor) else torch.from_numpy(np.ascontiguousarray(item_emb, dtype=np.float32))
     q = torch.as_tensor(np.asarray(query_emb, dtype=np.float32)).to(items.device, items.dtype)
     rows = torch.as_tensor(np.asarray(target_rows, dtype=np.int64), device=items.device)
     if q.ndim != 2 or q.shape[1] != items.shape[1] or len(rows) != len(q):
-        raise ValueError(f"target_ranks: queries {tuple(q.shape)}, items {tuple(items.shape)}, targets {len(rows)} do not fit")
+        raise ValueError(f"exact_target_ranks: queries {tuple(q.shape)}, items {tuple(items.shape)}, targets "
+                         f"{len(rows)} do not fit")
     target_scores = (q * items[rows]).sum(1, keepdim=True)
     above = torch.zeros(len(q), dtype=torch.int64, device=items.device)
     for s in range(0, len(items), chunk):
@@ -119,13 +140,14 @@ def target_ranks(query_emb, item_emb, target_rows, chunk: int = 262144, tie_tol:
     return (above + 1).cpu().numpy()
 
 class EmbeddingRanker:
-    "Ranks the pool for generated profiles: `ranker(profiles, target_item_ids)` -> 1-based ranks (0 = no profile or unknown target)."
+    "Ranks the pool for generated profiles: `ranker(profiles, target_item_ids)` -> 1-based ranks (0: none)."
     def __init__(self, encode: Callable, item_ids, item_emb, device: str | None = None):
         import torch
         self.encode, self.item_ids = encode, list(item_ids)
         emb = torch.from_numpy(np.ascontiguousarray(item_emb, dtype=np.float32))
         self.item_emb = emb.to(device) if device else emb
-        if len(self.item_ids) != len(self.item_emb): raise ValueError(f"{len(self.item_ids)} item ids but {len(self.item_emb)} embeddings")
+        if len(self.item_ids) != len(self.item_emb):
+            raise ValueError(f"{len(self.item_ids)} item ids but {len(self.item_emb)} embeddings")
         self.row_of = {iid: i for i, iid in enumerate(self.item_ids)}
 
     def __call__(self, profiles: list[str | None], targets: list[str]) -> np.ndarray:
@@ -133,7 +155,7 @@ class EmbeddingRanker:
         todo = [i for i, (p, t) in enumerate(zip(profiles, targets)) if p and t in self.row_of]
         if todo:
             q = np.asarray(self.encode([profiles[i] for i in todo], kind='query'), dtype=np.float32)
-            ranks[todo] = target_ranks(q, self.item_emb, [self.row_of[targets[i]] for i in todo])
+            ranks[todo] = exact_target_ranks(q, self.item_emb, [self.row_of[targets[i]] for i in todo])
         return ranks
 
 # %% ../nbs/06_rl.ipynb #0f5623d1
@@ -145,19 +167,13 @@ class MemoryEnv:
         self.calls: list[dict] = []
 
     def reset(self, **row) -> None:
-        if 'user_id' not in row: raise KeyError(f"MemoryEnv.reset: the dataset row has no 'user_id' (columns: {sorted(row)})")
+        if 'user_id' not in row:
+            raise KeyError(f"MemoryEnv.reset: the dataset row has no 'user_id' (columns: {sorted(row)})")
         self.user_id, self.calls = str(row['user_id']), []
         return None
 
     def memory_retrieval_tool(self, aspects: str) -> str:
-        """Retrieve the entries of the user's memory that are most relevant to the given aspects of the request.
-
-        Args:
-            aspects: The aspects of the request to look up in the user's memory, e.g. "material, warmth, price range".
-
-        Returns:
-            The most relevant memory entries, one per line, each starting with its id in square brackets.
-        """
+        "The agent's memory tool (the docstring trl shows the model is `MemoryTool`'s, set below)."
         if self.user_id is None: raise RuntimeError("memory_retrieval_tool called before reset(): no user bound")
         result = self._memory_tool(self.user_id, str(aspects))
         self.calls.append({'aspects': str(aspects), 'result': result})
@@ -166,13 +182,18 @@ class MemoryEnv:
 # the schema trl shows a tool-capable model is built from this docstring: keep it the agent's own
 MemoryEnv.memory_retrieval_tool.__doc__ = MemoryTool.memory_retrieval_tool.__doc__
 
-def memory_env_factory(memory_tool: Callable[[str, str], str]) -> Callable[[], MemoryEnv]:
+def memory_env_factory(
+    memory_tool: Callable[[str, str], str],  # (user_id, aspects) -> tool result text
+) -> Callable[[], MemoryEnv]:
     "A zero-argument factory of `MemoryEnv` (what trl's `environment_factory` expects)."
     def make() -> MemoryEnv: return MemoryEnv(memory_tool)
     return make
 
 # %% ../nbs/06_rl.ipynb #6d7868dd
-def answer_texts(completions: list, kwargs: dict) -> list[str]:
+def answer_texts(
+    completions: list,  # trl's completions (text or messages)
+    kwargs: dict,       # the reward function's keyword arguments
+) -> list[str]:
     "The final-turn text of each rollout."
     if kwargs.get('answer_text') is not None: return [a or '' for a in kwargs['answer_text']]
     out = []
@@ -182,15 +203,22 @@ def answer_texts(completions: list, kwargs: dict) -> list[str]:
         out.append(said[-1] if said else '')
     return out
 
-def memory_call_counts(completions: list, kwargs: dict) -> list[int]:
+def memory_call_counts(
+    completions: list,  # trl's completions (text or messages)
+    kwargs: dict,       # the reward function's keyword arguments
+) -> list[int]:
     "How many memory-tool calls each rollout ran."
     if kwargs.get('memory_calls') is not None: return [int(n) for n in kwargs['memory_calls']]
     if kwargs.get('environments') is not None: return [len(e.calls) for e in kwargs['environments']]
     return [sum(1 for m in c if isinstance(m, dict) and m.get('role') == 'tool' and m.get('name') == MEMORY_TOOL_NAME)
             if not isinstance(c, str) else 0 for c in completions]
 
-def make_reward_funcs(rank_targets: Callable, parse_answer: Callable = parse_boxed_answer,
-                      ndcg_ks: tuple[int, ...] = (100, 1000), recall_k: int = 100) -> list[Callable]:
+def make_reward_funcs(
+    rank_targets: Callable,                       # (profiles, target item ids) -> 1-based ranks, 0 = none
+    parse_answer: Callable = parse_boxed_answer,  # final answer text -> dict, or None when malformed
+    ndcg_ks: tuple[int, ...] = (100, 1000),       # the nDCG cutoffs summed
+    recall_k: int = 100,                          # the Recall cutoff logged
+) -> list[Callable]:
     "trl reward functions (format, nDCG, memory); `rank_targets(profiles, target_item_ids)` -> 1-based ranks."
     def format_reward(prompts, completions, **kw) -> list[float]:
         "R_format: 1 iff the final answer's boxed JSON parses with both keys."
@@ -214,11 +242,14 @@ def make_reward_funcs(rank_targets: Callable, parse_answer: Callable = parse_box
     return [format_reward, ndcg_reward, memory_reward]
 
 # %% ../nbs/06_rl.ipynb #2c5b142b
-def load_policy(model: str, dtype: str = 'float32'):
+def load_policy(
+    model: str,              # alias, Hugging Face id or folder
+    dtype: str = 'float32',  # torch dtype of the weights
+):
     "(model, tokenizer) ready for GRPO: weights in `dtype`, left padding, a pad token."
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from mrrec.llm import local_model_folder
+    from mrrec.backends import local_model_folder
     src = local_model_folder(model)
     tok = AutoTokenizer.from_pretrained(src)
     policy = AutoModelForCausalLM.from_pretrained(src, dtype=getattr(torch, dtype))
@@ -228,12 +259,17 @@ def load_policy(model: str, dtype: str = 'float32'):
 
 # %% ../nbs/06_rl.ipynb #996615a5
 def _chat_ids(tokenizer, messages, add_generation_prompt: bool) -> list[int]:
-    out = tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=True, return_dict=True)
+    out = tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=True,
+                                        return_dict=True)
     return list(out['input_ids'])
 
-def tool_turn_ids(tokenizer, message: dict) -> list[int]:
-    "Token ids of `message` inserted after an assistant turn that ended with end-of-turn, through the next assistant header."
-    convo = [{'role': 'system', 'content': 's'}, {'role': 'user', 'content': 'u'}, {'role': 'assistant', 'content': 'a'}]
+def tool_turn_ids(
+    tokenizer,      # the policy's tokenizer (chat template)
+    message: dict,  # the tool-result message
+) -> list[int]:
+    "Token ids of `message` inserted after an ended assistant turn, through the next assistant header."
+    convo = [{'role': 'system', 'content': 's'}, {'role': 'user', 'content': 'u'},
+             {'role': 'assistant', 'content': 'a'}]
     prefix = _chat_ids(tokenizer, convo, False)
     full = _chat_ids(tokenizer, convo + [message], True)
     eos = [i for i, t in enumerate(prefix) if t == tokenizer.eos_token_id]
@@ -253,10 +289,13 @@ class MemoryGRPOTrainer(GRPOTrainer):
         try: return super()._generate_and_score_completions(inputs)
         finally: self.rollout_rows = None
 
-def make_text_rollout(make_env: Callable[[], MemoryEnv], max_tool_calls: int = 1,
-                      call_aspects: Callable[[str], str | None] = memory_call_aspects,
-                      result_message: Callable[[str], dict] = tool_result_message) -> Callable:
-    "A trl `rollout_func` for the text tool protocol; returns ids, `env_mask` (0 on tool turns), `answer_text`, `memory_calls`, `tool_results`."
+def make_text_rollout(
+    make_env: Callable[[], MemoryEnv],                                # a fresh MemoryEnv per rollout
+    max_tool_calls: int = 1,                                          # tool calls allowed per rollout
+    call_aspects: Callable[[str], str | None] = memory_call_aspects,  # turn text -> the call's aspects, or None
+    result_message: Callable[[str], dict] = tool_result_message,      # tool result -> the message inserted
+) -> Callable:
+    "A trl `rollout_func` for the text protocol: ids, `env_mask`, `answer_text`, `memory_calls`, `tool_results`."
     def rollout(prompts: list, trainer) -> dict:
         rows = getattr(trainer, 'rollout_rows', None)
         if rows is None or len(rows) != len(prompts):
@@ -271,7 +310,8 @@ def make_text_rollout(make_env: Callable[[], MemoryEnv], max_tool_calls: int = 1
         active = list(range(len(prompts)))
         for turn in range(max_tool_calls + 1):
             if not active: break
-            new_ids, new_lps = trainer._generate_single_turn([prompt_ids[i] + completion[i] for i in active], None, {}, 1)
+            new_ids, new_lps = trainer._generate_single_turn([prompt_ids[i] + completion[i] for i in active], None, {},
+                                                             1)
             if new_lps is None: logprobs = None
             still = []
             for j, i in enumerate(active):
@@ -296,40 +336,6 @@ def make_text_rollout(make_env: Callable[[], MemoryEnv], max_tool_calls: int = 1
                 'tool_results': [[c['result'] for c in e.calls] for e in envs]}
     return rollout
 
-# %% ../nbs/06_rl.ipynb #0e6e7292
-@contextlib.contextmanager
-def scripted_openings(model, tokenizer, choose: Callable[[str], str | None]):
-    "Within the block, `model.generate` starts row r with the tokens of `choose(decoded prompt r)` (when not None)."
-    import torch
-    from transformers import LogitsProcessor, LogitsProcessorList
-
-    class _Force(LogitsProcessor):
-        def __init__(self, start: int, forced: dict[int, list[int]]): self.start, self.forced = start, forced
-        def __call__(self, input_ids, scores):
-            t = input_ids.shape[1] - self.start
-            for r, ids in self.forced.items():
-                if t < len(ids):
-                    scores[r] = -float('inf'); scores[r, ids[t]] = 0.0
-            return scores
-
-    original = model.generate
-    def generate(*args, **kwargs):
-        ids = kwargs['input_ids'] if 'input_ids' in kwargs else args[0]
-        forced = {}
-        for r in range(ids.shape[0]):
-            opening = choose(tokenizer.decode(ids[r], skip_special_tokens=False))
-            if opening: forced[r] = tokenizer(opening, add_special_tokens=False)['input_ids']
-        if forced:
-            procs = LogitsProcessorList(kwargs.pop('logits_processor', None) or [])
-            procs.append(_Force(ids.shape[1], forced)); kwargs['logits_processor'] = procs
-        return original(*args, **kwargs)
-    shadowed = model.__dict__.get('generate')   # an instance-level generate already in place (nested use)
-    model.generate = generate
-    try: yield model
-    finally:
-        if shadowed is None: del model.generate   # back to the class's method
-        else: model.generate = shadowed
-
 # %% ../nbs/06_rl.ipynb #23b90d20
 @dataclass
 class RecTask:
@@ -342,20 +348,30 @@ class RecTask:
 
 QUERY_COLUMNS = ('qid', 'query', 'item_id', 'user_id')
 
-def supports_trl_tools(tokenizer) -> bool:
+def supports_trl_tools(
+    tokenizer,  # the policy's tokenizer
+) -> bool:
     "Whether trl can run its own tool loop with this tokenizer's chat template (trl's test)."
     from trl.chat_template_utils import supports_tool_calling
     try: return bool(supports_tool_calling(tokenizer))
     except Exception: return False
 
-def resolve_protocol(cfg: RLConfig, tokenizer) -> str:
-    "The tool protocol for this tokenizer: the configured one, or for 'auto' chat_tools iff trl can render tools with it."
+def resolve_protocol(
+    cfg: RLConfig,  # [rl] settings
+    tokenizer,      # the policy's tokenizer
+) -> str:
+    "The tool protocol: the configured one; for 'auto', chat_tools iff trl can render tools with `tokenizer`."
     supports = supports_trl_tools(tokenizer)
     if cfg.protocol == 'chat_tools' and not supports:
-        raise ConfigError("[rl] protocol = 'chat_tools' but the model's chat template cannot render tools; use 'text' or 'auto'")
+        raise ConfigError("[rl] protocol = 'chat_tools' but the model's chat template cannot render tools; use 'text' "
+                          "or 'auto'")
     return cfg.protocol if cfg.protocol != 'auto' else ('chat_tools' if supports else 'text')
 
-def rl_dataset(task: RecTask, rows: pd.DataFrame, protocol: str):
+def rl_dataset(
+    task: RecTask,       # the agent's pieces
+    rows: pd.DataFrame,  # query rows (`QUERY_COLUMNS`)
+    protocol: str,       # 'text' or 'chat_tools'
+):
     "A datasets.Dataset: the policy's `prompt` plus the query columns (the reward reads `item_id`, the tool `user_id`)."
     from datasets import Dataset
     from mrrec.llm import messages_for_template
@@ -363,17 +379,26 @@ def rl_dataset(task: RecTask, rows: pd.DataFrame, protocol: str):
     if missing: raise KeyError(f"query rows lack column(s) {missing}; have {list(rows.columns)}")
     keep = [c for c in rows.columns if c in QUERY_COLUMNS or c == 'category']
     recs = rows[keep].astype(str).to_dict('records')
-    def render(conv):   # text: tools into the system message; chat_tools: tool-call arguments as dicts, as templates expect
+    # text: tools into the system message; chat_tools: tool-call arguments as dicts, as templates expect
+    def render(conv):
         return protocol_messages(conv, 'text') if protocol == 'text' else messages_for_template(conv, None, True)
     return Dataset.from_list([{**r, 'prompt': render(task.prompt(r, protocol))} for r in recs])
 
-def grpo_args(cfg: RLConfig, output_dir, seed: int, has_eval: bool, **overrides) -> GRPOConfig:
-    "trl GRPOConfig for the stage: the profile's hyper-parameters, per-step logging, checkpoints, early stopping when `has_eval`."
+# %% ../nbs/06_rl.ipynb #2f197c52
+def grpo_args(
+    cfg: RLConfig,   # [rl] settings
+    output_dir,      # checkpoints folder
+    seed: int,       # training seed
+    has_eval: bool,  # validation rows exist (early stopping)
+    **overrides,     # GRPOConfig fields set last
+) -> GRPOConfig:
+    "trl GRPOConfig: the profile's hyper-parameters, per-step logs, checkpoints, early stopping when `has_eval`."
     import torch
     kw = dict(output_dir=str(output_dir), seed=seed, data_seed=seed, learning_rate=cfg.learning_rate,
               num_generations=cfg.num_generations, temperature=cfg.temperature, top_p=cfg.top_p,
               max_completion_length=cfg.max_completion_length, max_tool_calling_iterations=cfg.max_tool_calls,
-              per_device_train_batch_size=cfg.per_device_train_batch_size, per_device_eval_batch_size=cfg.per_device_train_batch_size,
+              per_device_train_batch_size=cfg.per_device_train_batch_size,
+              per_device_eval_batch_size=cfg.per_device_train_batch_size,
               gradient_accumulation_steps=cfg.gradient_accumulation_steps, num_train_epochs=cfg.num_train_epochs,
               max_steps=cfg.max_steps, beta=cfg.beta, loss_type=cfg.loss_type, reward_weights=cfg.reward_weights,
               logging_steps=1, report_to='none', log_completions=False, bf16=cfg.bf16,
@@ -390,17 +415,30 @@ def grpo_args(cfg: RLConfig, output_dir, seed: int, has_eval: bool, **overrides)
     kw.update(overrides)
     return GRPOConfig(**kw)
 
-def lora_config(cfg: RLConfig):
+def lora_config(
+    cfg: RLConfig,  # [rl] settings
+):
     "A peft LoraConfig from the profile (None when LoRA is off)."
     if not cfg.lora: return None
     from peft import LoraConfig
     return LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=list(cfg.lora_target_modules), task_type='CAUSAL_LM')
 
-def build_trainer(task: RecTask, cfg: RLConfig, model, tokenizer, train_rows: pd.DataFrame, output_dir,
-                  seed: int = 0, val_rows: pd.DataFrame | None = None, callbacks: list | None = None,
-                  protocol: str | None = None, **arg_overrides) -> MemoryGRPOTrainer:
-    "A MemoryGRPOTrainer for `task` on `train_rows`, with the memory tool in its rollouts and the three reward functions."
+# %% ../nbs/06_rl.ipynb #f0f0002a
+def build_trainer(
+    task: RecTask,                         # the agent's pieces
+    cfg: RLConfig,                         # [rl] settings
+    model,                                 # the policy
+    tokenizer,                             # its tokenizer
+    train_rows: pd.DataFrame,              # training queries
+    output_dir,                            # checkpoints folder
+    seed: int = 0,                         # training seed
+    val_rows: pd.DataFrame | None = None,  # validation queries (early stopping), or None
+    callbacks: list | None = None,         # extra transformers callbacks
+    protocol: str | None = None,           # tool protocol; None: `resolve_protocol`
+    **arg_overrides,                       # GRPOConfig fields set last
+) -> MemoryGRPOTrainer:
+    "A MemoryGRPOTrainer for `task` on `train_rows`: the memory tool in its rollouts, the three rewards."
     from transformers import EarlyStoppingCallback
     protocol = protocol or resolve_protocol(cfg, tokenizer)
     has_eval = val_rows is not None and len(val_rows) > 0
@@ -420,7 +458,9 @@ def build_trainer(task: RecTask, cfg: RLConfig, model, tokenizer, train_rows: pd
     return trainer
 
 # %% ../nbs/06_rl.ipynb #f5187585
-def mask_spans(mask) -> list[tuple[int, int]]:
+def mask_spans(
+    mask,  # 0/1 per token
+) -> list[tuple[int, int]]:
     "Half-open [start, end) spans where `mask` is 0."
     spans, start = [], None
     for i, m in enumerate(list(mask) + [1]):
@@ -428,14 +468,22 @@ def mask_spans(mask) -> list[tuple[int, int]]:
         elif m and start is not None: spans.append((start, i)); start = None
     return spans
 
-def tool_turn_renderer(trainer) -> Callable[[str], list[int]]:
+def tool_turn_renderer(
+    trainer,  # a trainer from `build_trainer`
+) -> Callable[[str], list[int]]:
     "result text -> the token ids the trainer's rollouts insert for it (text protocol or trl's tool loop)."
     if getattr(trainer, 'mrrec_protocol', 'text') == 'chat_tools':
         return lambda r: list(trainer._get_tool_suffix_ids([{'role': 'tool', 'name': MEMORY_TOOL_NAME, 'content': r}]))
     return lambda r: tool_turn_ids(trainer.processing_class, tool_result_message(r))
 
-def verify_tool_mask(tokenizer, completion_ids, mask, tool_results: list[str], render: Callable[[str], list[int]]) -> dict:
-    "Check that the 0-spans of `mask` are exactly `render(result)` for each tool result, in order; returns a summary or raises."
+def verify_tool_mask(
+    tokenizer,                           # the policy's tokenizer
+    completion_ids,                      # one rollout's completion token ids
+    mask,                                # its tool mask (0 on tool turns)
+    tool_results: list[str],             # what the tool returned, in order
+    render: Callable[[str], list[int]],  # result text -> the token ids inserted
+) -> dict:
+    "Check that the 0-spans of `mask` are `render(result)` for each tool result, in order; a summary or raise."
     ids, mask = [int(t) for t in completion_ids], [int(m) for m in mask]
     if len(ids) != len(mask): raise AssertionError(f"{len(ids)} completion ids but {len(mask)} mask entries")
     spans = mask_spans(mask)
@@ -444,12 +492,18 @@ def verify_tool_mask(tokenizer, completion_ids, mask, tool_results: list[str], r
     for (s, e), result in zip(spans, tool_results):
         want = render(result)
         if ids[s:e] != want:
-            raise AssertionError(f"masked span {s}:{e} is {tokenizer.decode(ids[s:e])!r}, expected the tool turn {tokenizer.decode(want)!r}")
+            raise AssertionError(f"masked span {s}:{e} is {tokenizer.decode(ids[s:e])!r}, expected the tool turn "
+                                 f"{tokenizer.decode(want)!r}")
         if result.strip() and result.strip() not in tokenizer.decode(ids[s:e]):
             raise AssertionError(f"tool result {result!r} is not inside masked span {s}:{e}")
     return {'tokens': len(ids), 'masked': sum(e - s for s, e in spans), 'spans': spans}
 
-def masked_logp_gradients(trainer, batch: dict, advantages=None):
+# %% ../nbs/06_rl.ipynb #d5cddd83
+def masked_logp_gradients(
+    trainer,          # a trainer from `build_trainer`
+    batch: dict,      # the trainer's rollout + scoring output
+    advantages=None,  # per-rollout advantages to use; None: the batch's
+):
     "d(trl loss)/d(per-token log-prob) on `batch` (output of the trainer's rollout+scoring step); shape (B, T)."
     import torch
     captured = {}
@@ -472,25 +526,36 @@ def masked_logp_gradients(trainer, batch: dict, advantages=None):
         trainer.model.zero_grad()
     return captured['logps'].grad.detach()
 
-def rollout_tool_results(trainer, rows: list[dict], batch_len: int) -> list[list[str]]:
-    "What the memory tool returned in each rollout of the last batch (text protocol: kept on the rows; chat_tools: the environments)."
+# %% ../nbs/06_rl.ipynb #b3aa7b27
+def rollout_tool_results(
+    trainer,           # the trainer that rolled out
+    rows: list[dict],  # the batch's rows
+    batch_len: int,    # rollouts in the batch
+) -> list[list[str]]:
+    "What the memory tool returned in each rollout of the last batch (from the rows, or trl's environments)."
     if getattr(trainer, 'mrrec_protocol', 'text') == 'chat_tools':
         return [[c['result'] for c in env.calls] for env in trainer.environments[:batch_len]]
     return [list(r.get('tool_results') or []) for r in rows]
 
 # %% ../nbs/06_rl.ipynb #ad36c387
-def task_from_run(run: Run, prompt: Callable[[dict, str], list[dict]], memory_tool: Callable[[str, str], str],
-                  embedder=None, parse_answer: Callable = parse_boxed_answer) -> RecTask:
+def task_from_run(
+    run: Run,                                     # the run (its data and encoder)
+    prompt: Callable[[dict, str], list[dict]],    # (query row, protocol) -> the first-turn conversation
+    memory_tool: Callable[[str, str], str],       # (user_id, aspects) -> tool result text
+    embedder=None,                                # the encoder; None: the run's
+    parse_answer: Callable = parse_boxed_answer,  # final answer text -> dict, or None
+) -> RecTask:
     "A RecTask whose ranker scores the run's whole item pool with the run's encoder."
     import torch
     from mrrec.data import load_data
-    from mrrec.llm import load_embedder_for_run
+    from mrrec.embed import load_embedder_for_run
     bundle = load_data(run)
     embedder = embedder or load_embedder_for_run(run)
     items = bundle.items
     item_emb = embedder.encode(items['metadata'].astype(str).tolist(), kind='document', stage='rl')
     ranker = EmbeddingRanker(lambda texts, kind='query': embedder.encode(texts, kind=kind, stage='rl'),
-                             items['item_id'].astype(str), item_emb, device='cuda' if torch.cuda.is_available() else None)
+                             items['item_id'].astype(str), item_emb,
+                             device='cuda' if torch.cuda.is_available() else None)
     label = 'SynthC4 (synthetic)' if bundle.synthetic else 'Amazon-C4'
     return RecTask(prompt=prompt, memory_tool=memory_tool, rank_targets=ranker, parse_answer=parse_answer, label=label)
 
@@ -519,7 +584,8 @@ class RewardLogCallback(TrainerCallback):
                 'ndcg_reward': ndcg, 'rec_reward': None if ndcg is None else self.cfg.ndcg_weight * ndcg,
                 'total_reward': g('reward'), 'recall': g(f'recall@{self.cfg.recall_k}'),
                 'ndcg_100': g(f'ndcg@{ks[0]}'), 'ndcg_1000': g(f'ndcg@{ks[-1]}'),
-                'loss': g('loss'), 'completion_length': g('completions/mean_length'), 'tool_call_frequency': g('tools/call_frequency')}
+                'loss': g('loss'), 'completion_length': g('completions/mean_length'),
+                'tool_call_frequency': g('tools/call_frequency')}
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if not logs or not state.is_world_process_zero: return
@@ -528,7 +594,10 @@ class RewardLogCallback(TrainerCallback):
         self.rows += added
         with atomic_write(self.path) as f: pd.DataFrame(self.rows, columns=list(F4_COLUMNS)).to_csv(f, index=False)
 
-def read_reward_log(run: Run, variants=VARIANTS) -> pd.DataFrame:
+def read_reward_log(
+    run: Run,           # the run whose logs are read
+    variants=VARIANTS,  # variants whose logs are read
+) -> pd.DataFrame:
     "The F4 logs of a run's trained variants, one frame (empty if none)."
     parts = [pd.read_csv(p) for v in variants if (p := run.logs / f'rl_{v}.csv').exists()]
     return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=list(F4_COLUMNS))
@@ -536,23 +605,36 @@ def read_reward_log(run: Run, variants=VARIANTS) -> pd.DataFrame:
 # %% ../nbs/06_rl.ipynb #13a69bff
 POLICY_META = 'mrrec_policy.json'
 
-def policy_dir(run: Run, variant: str = 'instruct') -> Path:
+def policy_dir(
+    run: Run,                   # the run
+    variant: str = 'instruct',  # 'instruct' or 'base'
+) -> Path:
     "Where the trained policy of `variant` is saved."
     return run.checkpoints / f'policy-{variant}'
 
-def trained_policy(run: Run, variant: str = 'instruct') -> Path | None:
+def trained_policy(
+    run: Run,                   # the run
+    variant: str = 'instruct',  # 'instruct' or 'base'
+) -> Path | None:
     "The folder of the finished trained policy (loadable with from_pretrained / `[llm] model`), or None if not trained."
     d = policy_dir(run, variant)
     return d if (d / POLICY_META).exists() and (d / 'config.json').exists() else None
 
-def variant_model(cfg: RLConfig, variant: str) -> str:
+def variant_model(
+    cfg: RLConfig,  # [rl] settings
+    variant: str,   # 'instruct' or 'base'
+) -> str:
     "The backbone a variant trains."
     if variant not in VARIANTS: raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
     name = cfg.model if variant == 'instruct' else cfg.base_model
     if not name: raise ConfigError(f"[rl] variant '{variant}' needs a backbone: set base_model")
     return name
 
-def save_policy(trainer, folder: str | os.PathLike, meta: dict) -> Path:
+def save_policy(
+    trainer,                    # the trainer after training
+    folder: str | os.PathLike,  # the policy folder
+    meta: dict,                 # written to mrrec_policy.json
+) -> Path:
     "Save the trained policy (LoRA merged) and its tokenizer to `folder`, atomically; `meta` goes to mrrec_policy.json."
     folder = Path(folder)
     tmp = folder.with_name(f'.{folder.name}.tmp')
@@ -568,8 +650,18 @@ def save_policy(trainer, folder: str | os.PathLike, meta: dict) -> Path:
     shutil.rmtree(folder, ignore_errors=True); os.replace(tmp, folder)
     return folder
 
-def train_rl(run: Run, cfg: RLConfig, task: RecTask, train_rows: pd.DataFrame, val_rows: pd.DataFrame | None = None,
-             variant: str = 'instruct', resume: bool = True, callbacks: list | None = None, **arg_overrides) -> dict:
+# %% ../nbs/06_rl.ipynb #db10cfa7
+def train_rl(
+    run: Run,                              # the run (checkpoints, logs, seed)
+    cfg: RLConfig,                         # [rl] settings
+    task: RecTask,                         # the agent's pieces
+    train_rows: pd.DataFrame,              # training queries
+    val_rows: pd.DataFrame | None = None,  # validation queries, or None
+    variant: str = 'instruct',             # 'instruct' or 'base'
+    resume: bool = True,                   # resume from checkpoints; False starts over
+    callbacks: list | None = None,         # extra transformers callbacks
+    **arg_overrides,                       # GRPOConfig fields set last
+) -> dict:
     "Train `variant` with GRPO under `run` (resuming from its last checkpoint); returns the saved policy's metadata."
     from transformers.trainer_utils import get_last_checkpoint
     done = trained_policy(run, variant)
@@ -584,7 +676,8 @@ def train_rl(run: Run, cfg: RLConfig, task: RecTask, train_rows: pd.DataFrame, v
         torch.set_num_threads(cfg.threads)   # process-wide: on a shared 2-core machine two threads stall each other
     model, tok = load_policy(model_name, cfg.dtype)
     trainer = build_trainer(task, cfg, model, tok, train_rows, out_dir, run.seed, val_rows,
-                            callbacks=[RewardLogCallback(log_path, variant, cfg)] + list(callbacks or []), **arg_overrides)
+                            callbacks=[RewardLogCallback(log_path, variant, cfg)] + list(callbacks or []),
+                            **arg_overrides)
     last = get_last_checkpoint(str(out_dir)) if out_dir.is_dir() else None
     t0 = time.time()
     result = trainer.train(resume_from_checkpoint=last)
@@ -598,21 +691,28 @@ def train_rl(run: Run, cfg: RLConfig, task: RecTask, train_rows: pd.DataFrame, v
     return meta
 
 # %% ../nbs/06_rl.ipynb #a80339a5
-def accelerate_config(cfg: RLConfig) -> dict:
-    "An accelerate launch config for the profile: DeepSpeed ZeRO-`deepspeed_stage` (or plain multi-GPU), bf16, `num_processes`."
+def accelerate_config(
+    cfg: RLConfig,  # [rl] settings
+) -> dict:
+    "An accelerate launch config: DeepSpeed ZeRO-`deepspeed_stage` (or plain multi-GPU), bf16, `num_processes`."
     base = {'compute_environment': 'LOCAL_MACHINE', 'debug': False, 'machine_rank': 0, 'main_training_function': 'main',
             'mixed_precision': 'bf16' if cfg.bf16 else 'no', 'num_machines': 1, 'num_processes': cfg.num_processes,
             'rdzv_backend': 'static', 'same_network': True, 'use_cpu': False, 'downcast_bf16': 'no'}
     if cfg.deepspeed_stage:
         base.update(distributed_type='DEEPSPEED', deepspeed_config={
-            'deepspeed_multinode_launcher': 'standard', 'offload_optimizer_device': 'none', 'offload_param_device': 'none',
+            'deepspeed_multinode_launcher': 'standard', 'offload_optimizer_device': 'none',
+                                                                    'offload_param_device': 'none',
             'zero3_init_flag': cfg.deepspeed_stage == 3, 'zero3_save_16bit_model': cfg.deepspeed_stage == 3,
             'zero_stage': cfg.deepspeed_stage})
     else:
         base.update(distributed_type='MULTI_GPU' if cfg.num_processes > 1 else 'NO')
     return base
 
-def write_launch_files(run: Run, cfg: RLConfig, profile: str) -> dict[str, Path]:
+def write_launch_files(
+    run: Run,       # the run (its checkpoints folder)
+    cfg: RLConfig,  # [rl] settings
+    profile: str,   # profile name put in the command
+) -> dict[str, Path]:
     "Write `accelerate.yaml` and `launch.sh` (the multi-GPU command) under `run.checkpoints/rl-launch/`."
     import yaml
     d = run.checkpoints / 'rl-launch'
@@ -622,15 +722,19 @@ def write_launch_files(run: Run, cfg: RLConfig, profile: str) -> dict[str, Path]
            f'--out "{run.root.resolve()}" --seed {run.seed}')
     with atomic_write(sh_path) as f:
         f.write('#!/usr/bin/env bash\n# GRPO stage of mrrec on several GPUs (written by mrrec.rl.write_launch_files)\n'
-                f'# {cfg.num_processes} processes, DeepSpeed ZeRO-{cfg.deepspeed_stage}, vLLM generation: {cfg.use_vllm} ({cfg.vllm_mode})\n'
+                f'# {cfg.num_processes} processes, DeepSpeed ZeRO-{cfg.deepspeed_stage}, vLLM generation: '
+                f'{cfg.use_vllm} ({cfg.vllm_mode})\n'
                 f'set -euo pipefail\nexport HF_HUB_OFFLINE=${{HF_HUB_OFFLINE:-0}}\n{cmd} "$@"\n')
     sh_path.chmod(0o755)
     return {'accelerate_config': cfg_path, 'launch_script': sh_path}
 
 # %% ../nbs/06_rl.ipynb #b540c22f
-def agent_task(run: Run, embedder=None) -> tuple[RecTask, object]:
+def agent_task(
+    run: Run,       # the run (memory, data, encoder)
+    embedder=None,  # the encoder; None: the run's
+) -> tuple[RecTask, object]:
     "(RecTask with the retrieval stage's agent prompt and memory tool over the run's memory, the LocalMemory)."
-    from mrrec.llm import load_embedder_for_run
+    from mrrec.embed import load_embedder_for_run
     from mrrec.local_memory import LocalMemory
     from mrrec.global_memory import GlobalMemory
     embedder = embedder or load_embedder_for_run(run)
@@ -641,8 +745,12 @@ def agent_task(run: Run, embedder=None) -> tuple[RecTask, object]:
                          memory_tool_fn(local, acfg.memory_top_k, None, acfg.entry_chars), embedder)
     return task, local
 
-def rl_stage(run: Run, variants: list[str] | None = None, resume: bool = True) -> dict:
-    "Train the run's RL variants (`[rl]`), write the F4 log table and figure; returns {variant: policy metadata}."
+def rl_stage(
+    run: Run,                           # the run
+    variants: list[str] | None = None,  # variants to train; None: the profile's
+    resume: bool = True,                # resume from checkpoints; False starts over
+) -> dict:
+    "Train the run's RL variants (`[rl]`) and write the F4 log table; returns {variant: policy metadata}."
     from mrrec.data import DataConfig, load_data, plan_queries
     cfg = run.profile.section(RLConfig)
     bundle = load_data(run)
@@ -656,14 +764,15 @@ def rl_stage(run: Run, variants: list[str] | None = None, resume: bool = True) -
     if int(os.environ.get('RANK', '0')) == 0:   # under a multi-GPU launch, one process writes the summary
         log = read_reward_log(run, list(trained))
         write_table(log, run.tables / 'f4_rl_reward_log')
-        plot_reward_trajectories(log, run.figures / 'f4_reward_trajectories.png',
-                                 f"F4: reward trajectories in RL ({task.label}, {', '.join(f'{v}: {variant_model(cfg, v)}' for v in trained)})")
     return trained
 
-def rl_main(argv: list[str]) -> int:
+def rl_main(
+    argv: list[str],  # command-line arguments after `mrrec rl`
+) -> int:
     "`mrrec rl --profile ci|demo|paper [--out DIR] [--seed N] [--variant instruct base] [--restart] [--launch-files]`"
     ap = run_arg_parser('mrrec rl', 'GRPO training of the MR.Rec agent (the RL stage).')
-    ap.add_argument('--variant', nargs='*', choices=VARIANTS, default=None, help="variants to train (default: the profile's)")
+    ap.add_argument('--variant', nargs='*', choices=VARIANTS, default=None,
+                    help="variants to train (default: the profile's)")
     ap.add_argument('--restart', action='store_true', help='discard checkpoints and trained policies of these variants')
     ap.add_argument('--launch-files', action='store_true', help='only write the accelerate config and launch script')
     a = ap.parse_args(argv)

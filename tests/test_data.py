@@ -1,5 +1,6 @@
-"""Tests of the data stage (mrrec.data): readers and their errors, the history join, splits, SynthC4, the stage itself."""
-import gzip, hashlib, json
+"""Tests of the data stage (mrrec.data), the readers (mrrec.readers) and SynthC4 (mrrec.synthc4): readers and their
+errors, the history join, splits, the generator, the stage itself."""
+import gzip, hashlib, json, re, subprocess, sys
 from pathlib import Path
 
 import numpy as np
@@ -7,11 +8,13 @@ import pandas as pd
 import pytest
 
 from mrrec.core import ConfigError, load_profile, main, start_run
-from mrrec.data import (DataConfig, DataFormatError, DataUnavailableError, HISTORY_COLUMNS, META_COLUMNS, POOL_COLUMNS,
-                        QUERY_COLUMNS, REVIEW_COLUMNS, SPLITS, bm25_recall, data_path, download_amazon_reviews, download_c4,
-                        ensure_synthc4, generate_synthc4, join_history, load_data, oracle_profiles, prepare_data,
-                        read_c4_queries, read_item_meta, read_item_pool, read_latent_preferences, read_reviews, split_queries,
-                        synth_files, synth_main)
+from mrrec.data import (DataConfig, DataUnavailableError, HISTORY_COLUMNS, SPLITS, bm25_recall, data_path,
+                        download_amazon_reviews, download_c4, join_history, load_data, prepare_data, simplify_queries,
+                        split_queries)
+from mrrec.readers import (META_COLUMNS, POOL_COLUMNS, QUERY_COLUMNS, REVIEW_COLUMNS, DataFormatError, read_c4_queries,
+                           read_item_meta, read_item_pool, read_reviews)
+from mrrec.synthc4 import (CATALOG, SynthConfig, ensure_synthc4, generate_synthc4, oracle_profiles,
+                           read_latent_preferences, synth_files, synth_main, synth_signature)
 
 SAMPLES = data_path('data/samples')
 SMALL = DataConfig(n_items=900, n_queries=30)
@@ -22,7 +25,7 @@ def ci_synth(tmp_path_factory):
     "SynthC4 at the ci profile's size and seed."
     prof = load_profile('ci')
     d = tmp_path_factory.mktemp('ci_synth')
-    generate_synthc4(d, prof.section(DataConfig), prof.seed, progress=False)
+    generate_synthc4(d, prof.section(DataConfig).synth_config(), prof.seed, progress=False)
     return d
 
 
@@ -33,7 +36,7 @@ def _digest(folder: Path) -> dict:
 # ---------------------------------------------------------------- SynthC4
 
 def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
-    a, b, c = (generate_synthc4(tmp_path / n, SMALL, seed, progress=False) and _digest(tmp_path / n)
+    a, b, c = (generate_synthc4(tmp_path / n, SMALL.synth_config(), seed, progress=False) and _digest(tmp_path / n)
                for n, seed in (('a', 7), ('b', 7), ('c', 8)))
     assert a == b
     assert len(a) >= 9                       # queries x2, pool, preferences, info, reviews and meta per category
@@ -41,7 +44,7 @@ def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
 
 
 def test_ensure_reuses_a_matching_folder_and_regenerates_otherwise(tmp_path):
-    ensure_synthc4(tmp_path, SMALL, 1, progress=False)
+    ensure_synthc4(tmp_path, SMALL.synth_config(), 1, progress=False)
     pool = tmp_path / 'item_pool.jsonl'
     before = pool.stat().st_mtime_ns
     ensure_synthc4(tmp_path, SMALL, 1, progress=False)
@@ -134,6 +137,32 @@ def test_cli_writes_synthc4_and_refuses_bad_settings(tmp_path, capsys):
     assert synth_main(['--profile', 'ci', '--out', str(tmp_path / 'u'), '--items', '30', '--queries', '40', '--quiet']) == 2
 
 
+def test_synth_config_is_the_data_tables_synthc4_keys():
+    assert DataConfig().synth_config() == SynthConfig()
+    assert SMALL.synth_config() == SynthConfig(n_items=900, n_queries=30)
+    # a DataConfig is accepted where a SynthConfig is expected, and the signature is the same (cached folders stay valid)
+    assert synth_signature(SMALL, 3) == synth_signature(SMALL.synth_config(), 3)
+    assert list(synth_signature(SMALL, 3)) == ['generator', 'version', 'seed', 'n_items', 'n_queries', 'n_categories',
+                                               'types_per_category', 'categories_per_user', 'history_length',
+                                               'noise_fraction', 'near_misses_per_target', 'post_query_max']
+    with pytest.raises(ConfigError, match='n_categories'): SynthConfig(n_categories=29)
+    with pytest.raises(ConfigError, match='n_categories'): DataConfig(n_categories=29)
+
+
+def test_catalogue_is_package_data():
+    import importlib.resources
+    text = importlib.resources.files('mrrec').joinpath('synthc4_catalog.txt').read_text(encoding='utf-8')
+    assert text.count('==') == len(CATALOG) - 1 == 27 and CATALOG[0].name == 'Clothing'
+
+
+def test_import_order_synthc4_data_llm():
+    code = ("import sys, mrrec.synthc4; assert 'mrrec.data' not in sys.modules; "
+            "import mrrec.data; assert not {'mrrec.llm', 'mrrec.backends'} & set(sys.modules), sorted(sys.modules)")
+    subprocess.run([sys.executable, '-c', code], check=True)
+    src = Path(__import__('mrrec.data').data.__file__).read_text()
+    assert not re.search(r'(from|import) +(mrrec)?\.?(llm|backends)\b', src)
+
+
 # ---------------------------------------------------------------- readers
 
 def test_samples_load_in_every_format():
@@ -162,7 +191,7 @@ def test_fast_path_and_validating_scan_give_the_same_frame(reader, path):
 
 
 def test_valid_files_take_the_fast_path(caplog):
-    with caplog.at_level('DEBUG', logger='mrrec.data'):
+    with caplog.at_level('DEBUG', logger='mrrec.readers'):
         read_c4_queries(SAMPLES / 'amazon_c4/test.csv')
         read_item_meta(SAMPLES / 'amazon_reviews_2023/raw/meta_categories/meta_Pet_Supplies.jsonl', parent_asins=['B05SMPPET4'])
         read_reviews(SAMPLES / 'amazon_reviews_2023/raw/review_categories/Pet_Supplies.jsonl.gz', user_ids=['AEK7WQ2ZNR5TXM3VBLJ8HCPY6FGA'])
@@ -217,7 +246,7 @@ def test_blank_lines_count_in_line_numbers(tmp_path):
 
 def test_skip_reports_every_reason(tmp_path, caplog):
     lines = POOL_OK[:2] + [b'garbage', b'{"item_id": "B901"}', b'{"item_id": 5, "category": "Pet", "metadata": ""}', POOL_OK[0]] + POOL_OK[2:]
-    with caplog.at_level('WARNING', logger='mrrec.data'):
+    with caplog.at_level('WARNING', logger='mrrec.readers'):
         df = read_item_pool(_write(tmp_path / 'pool.jsonl', lines), errors='skip')
     assert df.item_id.tolist() == [f'B{i:03d}' for i in range(6)]
     assert df.attrs['skipped']['reasons'] == {'invalid_json': 1, 'missing_field': 1, 'wrong_type': 1, 'duplicate_id': 1}
@@ -363,6 +392,21 @@ def test_prepare_data_on_the_real_formats_with_the_samples(tmp_path):
     with pytest.raises(DataUnavailableError, match='resolve/main/test.csv') as ei:
         prepare_data(start_run('paper', out=tmp_path / 'run2', seed=0), missing, progress=False)
     assert str(tmp_path / 'nope/test.csv') in str(ei.value) and 'data/README.md' in str(ei.value)
+
+
+def test_real_query_rewrite_needs_a_rewriter_and_uses_it(tmp_path):
+    cfg = DataConfig(source='c4', c4_queries_path=str(SAMPLES / 'amazon_c4/test.csv'),
+                     c4_pool_path=str(SAMPLES / 'amazon_c4/sampled_item_metadata_1M.jsonl'),
+                     reviews_dir=str(SAMPLES / 'amazon_reviews_2023/raw/review_categories'),
+                     meta_dir=str(SAMPLES / 'amazon_reviews_2023/raw/meta_categories'), split_fractions=(0.5, 0.0, 0.5),
+                     rewrite_queries=True)
+    with pytest.raises(ConfigError, match="profile 'paper'.*rewrite="):
+        prepare_data(start_run('paper', out=tmp_path / 'run', seed=0), cfg, progress=False)
+    def rewrite(q):     # what the stage passes: simplify_queries with an LLM; here an echo of the first three words
+        return q.assign(query=q['query_detailed'].map(lambda s: ' '.join(s.split()[:3])), simplify_status='ok')
+    b = prepare_data(start_run('paper', out=tmp_path / 'run2', seed=0), cfg, progress=False, rewrite=rewrite)
+    assert (b.queries['query'].str.split().str.len() <= 3).all() and b.manifest['rewrite_statuses'] == {'ok': 4}
+    assert (b.queries['query_detailed'] != b.queries['query']).all()
 
 
 def test_downloads_offline_say_what_to_fetch_and_where(tmp_path, monkeypatch):

@@ -9,10 +9,11 @@ import pandas as pd
 import pytest
 
 from mrrec.core import REPO_DIR, paper_numbers, start_run, write_json, write_jsonl, write_parquet
-from mrrec.eval import (EvalConfig, GLOBAL_HEADING, contribution_inputs, experiment_specs, experiment_table,
-                        heuristic_contribution, llm_contribution, ndcg_at_k, read_reward_logs,
-                        read_trajectories, recall_at_k, t3_table)
-from mrrec.llm import Generation
+from mrrec.eval import (EvalConfig, GLOBAL_HEADING, contribution_inputs, experiment_table,
+                        heuristic_contribution, llm_contribution, read_reward_logs, t3_table)
+from mrrec.experiments import experiment_specs, read_trajectories
+from mrrec.fakes import ScriptedLLM
+from mrrec.metrics import ndcg_at_k, recall_at_k
 
 PAPER_FILES = ('README.md', 'table1_overall.csv', 'table2_local_memory.csv', 'table3_memory_contribution.csv',
                'table4_indexing.csv', 'table4_token_efficiency.csv', 'table5_dataset.csv')
@@ -131,15 +132,11 @@ def test_malformed_reward_log_names_the_file(tmp_path):
         read_reward_logs(tmp_path)
 
 
-class _Garbage:
-    def generate(self, convs, **kw): return [Generation('hmm, maybe') for _ in convs]
-
-
 def test_unreadable_judge_answers_are_counted_not_guessed():
     items = pd.DataFrame({'item_id': ['i0'], 'metadata': ['merino wool cap']})
     traj = pd.DataFrame([{**r, 'qid': str(r['qid']), 'item_id': 'i0'} for r in _random_trajectories(4, n=4)['mrrec']])
     inputs = contribution_inputs(traj, items)
-    llm, detail = llm_contribution(inputs, _Garbage(), EvalConfig(judge_queries=0))
+    llm, detail = llm_contribution(inputs, ScriptedLLM(lambda conv: 'hmm, maybe'), EvalConfig(judge_queries=0))
     assert (llm['queries'] == 0).all() and (llm['failures'] == 4).all() and llm['value'].isna().all()
     assert len(detail) == 16 + 4 and (detail['how'] == 'failed').all()
     assert (llm['controls'] == '0/2 right').all()

@@ -1,6 +1,6 @@
-"""mrrec.llm outside the notebook: the OpenAI-compatible backend against a local server (retries, errors, concurrency,
-secrets), crash safety of the caches under SIGKILL and concurrent writers, and the transformers backend (one shared
-SmolLM2 load)."""
+"""mrrec.llm, mrrec.backends and mrrec.embed outside the notebooks: the OpenAI-compatible backend against a local
+server (retries, errors, concurrency, secrets), crash safety of the caches under SIGKILL and concurrent writers, and
+the transformers backend (one shared SmolLM2 load)."""
 import http.server, json, logging, os, signal, sqlite3, subprocess, sys, textwrap, threading, time
 from pathlib import Path
 import numpy as np
@@ -9,9 +9,12 @@ import pytest
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 from mrrec.core import ConfigError
-from mrrec.llm import (EmbedConfig, EmbeddingStore, Generation, LLMConfig, LLMRequestError, Ledger, ResponseCache, SamplingParams,
-                       bench_llm_main, check_conversations, load_embedder, load_llm, request_key, text_hash)
+from mrrec.llm import (EmbedConfig, Generation, LLMConfig, Ledger, ResponseCache, SamplingParams, check_conversations,
+                       request_key)
+from mrrec.backends import LLMRequestError, bench_llm_main, load_llm
+from mrrec.embed import EmbeddingStore, load_embedder, text_hash
 from mrrec.data import simplify_queries
+from mrrec.fakes import ScriptedLLM
 
 SECRET = 'sk-test-DO-NOT-LEAK-4f9a'
 TOOL = {'type': 'function', 'function': {'name': 'search_memory', 'description': 'Search the user memory',
@@ -231,7 +234,8 @@ def test_secret_never_in_cache_ledger_outputs_or_logs(server, secret_env, tmp_pa
 # ---------------------------------------------------------------- crash safety and concurrency of the caches
 CHILD = textwrap.dedent('''
     import sys
-    from mrrec.llm import LLMConfig, load_llm
+    from mrrec.llm import LLMConfig
+    from mrrec.backends import load_llm
     url, cache, first, n = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     llm = load_llm(LLMConfig(backend='openai', model='fake-model', base_url=url, max_concurrency=4, retry_base_s=0.01), cache=cache)
     llm.generate([[{'role': 'user', 'content': f'q{i}'}] for i in range(first, first + n)], stage='child')
@@ -282,7 +286,7 @@ def test_response_cache_concurrent_writer_processes(tmp_path):
 
 STORE_CHILD = textwrap.dedent('''
     import sys, numpy as np
-    from mrrec.llm import EmbeddingStore
+    from mrrec.embed import EmbeddingStore
     store = EmbeddingStore(sys.argv[1], 32)
     def vec(h): return np.random.default_rng(int(h[:12], 16)).standard_normal(32).astype(np.float32)
     import hashlib
@@ -344,7 +348,7 @@ def test_smol_seeded_sampling_is_reproducible_and_batch_independent(smol):
 
 
 def test_smol_cache_and_ledger(smol, tmp_path):
-    from mrrec.llm import TransformersLLM
+    from mrrec.backends import TransformersLLM
     llm = TransformersLLM(smol.cfg, ResponseCache(tmp_path / 'c.sqlite'), Ledger(tmp_path / 'calls.jsonl'))
     cs = convs('Name a fruit.', 'Name a colour.')
     first = llm.generate(cs, max_new_tokens=6, stage='s1')
@@ -379,7 +383,7 @@ def _greedy_reference(llm, prompt: str, max_new_tokens: int, repetition_penalty:
 
 
 def test_smol_continues_a_partial_assistant_message(smol, tmp_path):
-    from mrrec.llm import TransformersLLM
+    from mrrec.backends import TransformersLLM
     llm = TransformersLLM(smol.cfg, ResponseCache(tmp_path / 'c.sqlite'))
     ask = convs('I want a warm hat for winter dog walks. Describe the ideal hat.')[0]
     partial = ask + [{'role': 'assistant', 'content': PROFILE_START}]
@@ -407,7 +411,7 @@ def test_smol_tool_call_begun_in_the_start_is_parsed(smol):
 
 def test_smol_repetition_penalty_is_applied_and_keyed(smol, tmp_path):
     import dataclasses
-    from mrrec.llm import TransformersLLM
+    from mrrec.backends import TransformersLLM
     llm = TransformersLLM(dataclasses.replace(smol.cfg, repetition_penalty=1.2), ResponseCache(tmp_path / 'c.sqlite'))
     c = convs('Describe a small, everyday item that is made for everyday use.')
     pen = llm.generate(c, max_new_tokens=24)[0]
@@ -431,8 +435,8 @@ def test_minilm_embedder(tmp_path, monkeypatch):
     assert v.dtype == np.float32 and v.shape == (3, 384) and np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-5)
     assert e.stats() == {'hits': 0, 'misses': 2, 'stored': 2}             # a repeated text is encoded once
     assert load_embedder(EmbedConfig(model='minilm'), cache_dir=tmp_path).encode(['a kettle']).tolist() == v[2:].tolist()
-    import mrrec.llm
-    monkeypatch.setattr(mrrec.llm, 'EMBED_CHUNK', 2)                        # a large pool is stored chunk by chunk
+    import mrrec.embed
+    monkeypatch.setattr(mrrec.embed, 'EMBED_CHUNK', 2)                        # a large pool is stored chunk by chunk
     docs = [f'item number {i}' for i in range(5)]
     np.testing.assert_allclose(e.encode(docs + ['a kettle']), np.vstack([load_embedder(EmbedConfig(model='minilm')).encode(docs), v[2:]]), atol=1e-5)
     assert e.stats() == {'hits': 1, 'misses': 7, 'stored': 7}
@@ -440,11 +444,18 @@ def test_minilm_embedder(tmp_path, monkeypatch):
     with pytest.raises(TypeError, match='text 1'): e.encode(['x', None])
 
 
-class ScriptedLLM:
-    "Returns fixed answers; stands in for a model in the parser test."
-    def __init__(self, answers): self.answers = answers
-    def generate(self, conversations, **kw):
-        return [Generation(a, finish_reason='length' if a.endswith('...') else 'stop') for a in self.answers[:len(conversations)]]
+class CutScriptedLLM(ScriptedLLM):
+    "mrrec.fakes.ScriptedLLM whose answers ending in '...' are cut by the token limit (finish reason 'length')."
+    def _one(self, conv, tools, stop, stage) -> Generation:
+        g = super()._one(conv, tools, stop, stage)
+        if g.text.endswith('...'): g.finish_reason = 'length'
+        return g
+
+
+def answers_by_request(queries, answers):
+    "A reply function: the answer of the query whose simplification request the conversation ends with."
+    by_query = dict(zip(queries, answers))
+    return lambda conv: by_query[conv[-1]['content'].rsplit('Request: ', 1)[1]]
 
 
 def test_simplify_queries_counts_failures_and_falls_back():
@@ -452,8 +463,9 @@ def test_simplify_queries_counts_failures_and_falls_back():
                                 "Looking for a 20 oz Contigo travel mug that keeps coffee hot on my commute",
                                 "A waterproof navy Columbia rain jacket, slim fit, for cycling to work",
                                 "Two-person backpacking tent under 2 kg for summer trips"]})
-    out = simplify_queries(q, ScriptedLLM(['Query: "a beanie for dog walks"', '', 'a very long answer that goes on and on...',
-                                           'a blender for smoothies']))
+    out = simplify_queries(q, CutScriptedLLM(answers_by_request(q['query'], [
+        'Query: "a beanie for dog walks"', '', 'a very long answer that goes on and on...', 'a blender for smoothies'])))
     assert out.simplify_status.tolist() == ['ok', 'empty', 'truncated', 'off_topic']
     assert out.query_simplified.tolist() == ['a beanie for dog walks'] + q['query'].tolist()[1:]
-    with pytest.raises(KeyError, match='no column'): simplify_queries(q.rename(columns={'query': 'q'}), ScriptedLLM([]))
+    with pytest.raises(KeyError, match='no column'):
+        simplify_queries(q.rename(columns={'query': 'q'}), ScriptedLLM(lambda conv: ''))

@@ -4,8 +4,9 @@ import numpy as np
 import pandas as pd
 import pytest
 from mrrec.core import ConfigError, load_profile, read_json
-from mrrec.retrieval import (BM25Index, DenseIndex, RankBM25Index, RetrievalConfig, SearchResult, bench_retrieval_main,
-                             make_retriever, rankings_match, select_top_k, target_ranks)
+from mrrec.search import (BM25Index, DenseIndex, RankBM25Index, RetrievalConfig, SearchResult, make_retriever,
+                          rankings_match, select_top_k, target_ranks)
+from mrrec.search_bench import bench_retrieval_main
 
 
 def _corpus(seed, n_items=300, n_queries=40, n_words=150):
@@ -137,27 +138,16 @@ def test_benchmark_command_small(tmp_path, capsys):
 
 
 # ---- the MR.Rec agent (memory tool, protocol, answer parser, settings, trajectories) ----
-import hashlib, json, re
+import json, re
 from mrrec.core import load_profile as _load_profile, read_jsonl
-from mrrec.llm import Generation, parse_tool_calls
+from mrrec.data import DataConfig, memory_first
+from mrrec.fakes import HashEmbedder, ScriptedLLM
 from mrrec.local_memory import LocalMemory, LocalMemoryConfig, build_local_memory
-from mrrec.retrieval import (ANSWER_PREFIX, ANSWER_STATUSES, NO_MEMORY_TEXT, TOOL_CALL_PREFIX, AgentConfig, MemoryTool, Setting,
-                             StageContext, agent_conversation,
-                             evaluation_queries, format_tool_call, lookup_memory, memory_call_aspects, memory_tool_fn,
-                             memory_tool_schema, parse_answer, parse_boxed_answer, read_trajectories, retrieve_main, run_agent,
-                             run_setting, run_settings, search_text, settings_registry, tool_result_message)
-
-
-class HashEmbedder:
-    "Hashed bag-of-words vectors, L2-normalised (deterministic, no model)."
-    def __init__(self, dim=64): self.dim = dim
-    def encode(self, texts, kind='query'):
-        x = np.zeros((len(texts), self.dim), np.float32)
-        for i, t in enumerate(texts):
-            for w in re.findall(r'[a-z]+', t.lower()):
-                x[i, int(hashlib.md5(w.encode()).hexdigest(), 16) % self.dim] += 1
-        x[x.sum(1) == 0, 0] = 1
-        return x / np.linalg.norm(x, axis=1, keepdims=True)
+from mrrec.agent import (ANSWER_PREFIX, ANSWER_STATUSES, NO_MEMORY_TEXT, TOOL_CALL_PREFIX, AgentConfig, AgentOptions, MemoryTool,
+                         agent_conversation, format_tool_call, lookup_memory, memory_call_aspects, memory_tool_fn,
+                         memory_tool_schema, parse_answer, parse_boxed_answer, run_agent, search_text, tool_result_message)
+from mrrec.experiments import (Setting, StageContext, read_trajectories, retrieve_main, run_setting, run_settings,
+                               settings_registry)
 
 
 USERS = {'alice': ['merino wool beanie', 'wool hiking socks', 'wool scarf'],
@@ -249,21 +239,6 @@ def test_parse_boxed_answer_keeps_the_rl_contract():
     if hasattr(rl, 'memory_tool_schema'): assert rl.memory_tool_schema() == memory_tool_schema()
 
 
-class ScriptedLLM:
-    "Answers each conversation with `reply(conversation)`; tool calls parsed as mrrec.llm does."
-    def __init__(self, reply, supports_tools=False): self.reply, self.supports_tools, self.generate_calls = reply, supports_tools, 0
-    def count_tokens(self, texts): return [len(t.split()) for t in texts]
-    def generate(self, conversations, tools=None, stop=None, **kw):
-        self.generate_calls += 1
-        out = []
-        for conv in conversations:
-            text = self.reply(conv)
-            if stop: text = min((text[:text.find(s)] for s in stop if s in text), key=len, default=text)
-            calls, errors = parse_tool_calls(text) if tools else ([], 0)
-            out.append(Generation(text=text, tool_calls=calls, tool_call_errors=errors, input_tokens=10, output_tokens=5))
-        return out
-
-
 def _reply(conv):
     if conv[-1]['role'] == 'assistant':                  # a partial message to continue: a model that plays along
         start, before = conv[-1]['content'], conv[-2]['content'] or ''
@@ -286,6 +261,11 @@ POOL = pd.DataFrame({'item_id': [f'i{j}' for j in range(8)], 'category': 'Clothi
 QUERIES = pd.DataFrame({'qid': [0, 1, 2, 3], 'user_id': ['alice', 'bob', 'carol', 'nobody'], 'category': 'Clothing',
                         'query': ['a hat for winter', 'prose: a hat for winter', 'broken: a hat', 'a hat for winter'],
                         'item_id': ['i0', 'i0', 'i3', 'i1']})
+
+
+def evaluation_queries(queries, users):
+    "The queries every setting answers: those of users with local memory first (seeded order), then by qid."
+    return memory_first(queries, users).sort_values('qid', kind='stable').reset_index(drop=True)
 
 
 def _ctx(memory, cfg=None, reply=_reply):
@@ -316,12 +296,12 @@ def test_protocols_agree_and_batch_per_turn(memory):
     out = {}
     for proto in ('text', 'chat_tools'):
         llm = ScriptedLLM(_reply, supports_tools=proto == 'chat_tools')
-        out[proto] = run_agent(llm, convs, users, memory, tools=True, protocol=proto)
-        assert llm.generate_calls == 2                                   # one call per turn for all queries
-        roles = [m['role'] for m in out[proto][0]['messages']]
+        out[proto] = run_agent(llm, convs, users, memory, AgentOptions(tools=True, protocol=proto))
+        assert len(llm.calls) == 2                                       # one call per turn for all queries
+        roles = [m['role'] for m in out[proto][0].messages]
         assert roles[-3:] == ['assistant', 'tool' if proto == 'chat_tools' else 'user', 'assistant']
-    assert [r['answer'] for r in out['text']] == [r['answer'] for r in out['chat_tools']]
-    assert [r['memory_ids'] for r in out['text']] == [r['memory_ids'] for r in out['chat_tools']]
+    assert [r.answer for r in out['text']] == [r.answer for r in out['chat_tools']]
+    assert [r.memory_ids for r in out['text']] == [r.memory_ids for r in out['chat_tools']]
 
 
 def test_trajectories_resume_per_setting(memory, tmp_path):
@@ -342,19 +322,19 @@ def test_trajectories_resume_per_setting(memory, tmp_path):
     assert not read_trajectories(tmp_path, ['mrrec_wo_local'])['memory_used'].any()
 
 
-def test_evaluation_queries_put_memory_users_first():
+def test_memory_first_puts_memory_users_first():
     q = pd.DataFrame({'qid': range(10), 'user_id': [f'u{i}' for i in range(10)], 'query': 'q', 'item_id': 'i', 'category': 'c'})
-    got = evaluation_queries(q, ['u7', 'u3'], max_queries=4, seed=1)
-    assert {'u7', 'u3'} <= set(got.user_id) and len(got) == 4 and got.qid.is_monotonic_increasing
-    assert got.equals(evaluation_queries(q, ['u7', 'u3'], max_queries=4, seed=1))
-    assert len(evaluation_queries(q, [], 0)) == 10
+    got = memory_first(q, ['u7', 'u3'], n=4, seed=1)
+    assert {'u7', 'u3'} <= set(got.user_id) and len(got) == 4 and got.has_local_memory.tolist() == [True, True, False, False]
+    assert got.equals(memory_first(q, ['u7', 'u3'], n=4, seed=1))
+    assert len(evaluation_queries(q, [])) == 10
 
 
 @pytest.mark.parametrize('name', ['ci', 'demo', 'paper'])
 def test_profile_agent_tables(name):
     cfg = _load_profile(name).section(AgentConfig)
     assert cfg.memory_top_k == 3 and cfg.max_tool_calls == 1 and tuple(cfg.f6_top_k) == (1, 3, 5, 10)
-    assert (cfg.max_queries == 0) == (name == 'paper') and cfg.salvage_profile == (name != 'paper')
+    assert (_load_profile(name).section(DataConfig).eval_queries == 0) == (name == 'paper') and cfg.salvage_profile == (name != 'paper')
     assert cfg.answer_prefix == (name != 'paper') and (name != 'paper' or not cfg.tool_call_prefix)   # small-model aids only
 
 

@@ -5,7 +5,7 @@ resumes, changes the weights and writes the F4 log.
 Rollouts use a tiny hand-made task (a few items, two users with memory, a hashing embedder) so the tests do not
 depend on the earlier stages' artifacts; the model, the trainer, the tool loop and the loss are the real ones.
 """
-import hashlib, itertools, math, os, re
+import itertools, math, os
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 os.environ.setdefault('TRL_EXPERIMENTAL_SILENCE', '1')
@@ -17,18 +17,14 @@ import torch
 
 from mrrec.core import start_run
 from mrrec import rl
-from mrrec.rl import (MEMORY_TOOL_NAME, EmbeddingRanker, RecTask, RLConfig, build_trainer, load_policy,
-                      make_reward_funcs, masked_logp_gradients, rollout_tool_results, scripted_openings,
-                      tool_turn_renderer, train_rl, trained_policy, verify_tool_mask, read_reward_log,
-                      plot_reward_trajectories)
+from mrrec.agent import MEMORY_TOOL_NAME
+from mrrec.eval import plot_reward_trajectories
+from mrrec.fakes import HashEmbedder, scripted_openings
+from mrrec.rl import (EmbeddingRanker, RecTask, RLConfig, build_trainer, load_policy,
+                      make_reward_funcs, masked_logp_gradients, rollout_tool_results,
+                      tool_turn_renderer, train_rl, trained_policy, verify_tool_mask, read_reward_log)
 
-
-def hash_encode(texts, kind='query', dim=256):
-    out = np.zeros((len(texts), dim), np.float32)
-    for i, t in enumerate(texts):
-        for w in re.findall(r'[a-z0-9]+', str(t).lower()):
-            out[i, int(hashlib.md5(w.encode()).hexdigest(), 16) % dim] += 1.0
-    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-9)
+hash_encode = HashEmbedder(dim=256).encode
 
 POOL = pd.DataFrame({'item_id': [f'i{n}' for n in range(6)],
                      'metadata': ['wool beanie warm winter cap', 'cotton baseball cap summer', 'leather belt brown',
