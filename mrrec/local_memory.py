@@ -22,10 +22,11 @@ __all__ = ['LOCAL_LEVELS', 'BASELINE_KINDS', 'PROMPT_VERSION', 'T2_VARIANTS', 'H
            'PATTERN_TASK', 'PROFILE_HEAD', 'PROFILE_TASK', 'STATIC_HEAD', 'STATIC_TASK', 'EXAMPLE_RECORDS',
            'EXAMPLE_PATTERNS', 'EXAMPLE_PROFILE', 'EXAMPLE_STATIC', 'PROMPT_ECHO', 'ENTRY_COLUMNS',
            'ACCOUNTING_COLUMNS', 'LocalMemoryConfig', 'category_slug', 'entry_id', 'parse_entry_id', 'collapse_repeats',
-           'chunk_text', 'check_history', 'record_text', 'user_histories', 'pattern_prompt', 'profile_prompt',
-           'static_prompt', 'naive_memory_text', 'assemble_user', 'local_fingerprint', 'user_key', 'commit_user',
-           'load_user', 'committed_users', 'LocalBuildReport', 'build_local_memory', 'consolidate_local_memory',
-           'LocalMemory', 'accounting_row', 'local_accounting', 'mentions', 'preference_coverage']
+           'split_list_numbers', 'chunk_text', 'check_history', 'record_text', 'user_histories', 'pattern_prompt',
+           'profile_prompt', 'static_prompt', 'naive_memory_text', 'assemble_user', 'local_fingerprint', 'user_key',
+           'commit_user', 'load_user', 'committed_users', 'LocalBuildReport', 'build_local_memory',
+           'consolidate_local_memory', 'LocalMemory', 'accounting_row', 'local_accounting', 'mentions',
+           'preference_coverage']
 
 # %% ../nbs/03_local_memory.ipynb #b0d5cd9b
 LOCAL_LEVELS = ('record', 'pattern', 'profile')
@@ -102,7 +103,7 @@ def parse_entry_id(
 # %% ../nbs/03_local_memory.ipynb #5acc6bcb
 _BULLET_RE = re.compile(r'^\s*(?:#{1,6}\s*|[-*\u2022\u00b7>]+\s*|\d{1,2}[.)]\s+|[a-z][.)]\s+)')
 _SENT_SPLIT_RE = re.compile(r'(?<=[.!?])\s+(?=["\'(\[]?[A-Z0-9])')
-_INLINE_NUM_RE = re.compile(r'(?<=\S)\s+\d{1,2}[.)]\s+(?=\S)')
+_INLINE_NUM_RE = re.compile(r'(?m)(?:^|(?<=\s))(\d{1,2})[.)]\s+(?=[^\d\s])')   # a candidate list number
 _LEAD_IN_RE = re.compile(r"^(?:(?:sure|certainly|okay|ok)[,!.]?\s*)?(?:here(?:'s| is| are)\b[^:]{0,80}:\s*)", re.I)
 
 def _norm(s: str) -> str: return re.sub(r'[^a-z0-9]+', ' ', s.lower()).strip()
@@ -118,6 +119,27 @@ def collapse_repeats(
     while prev != text: prev, text = text, _REPEAT_RE.sub(r'\1', text)
     return text
 
+# %% ../nbs/03_local_memory.ipynb #af7b7eef
+def split_list_numbers(
+    text: str,  # one summary
+) -> str:
+    """Put each inline list item on its own line, the number removed: only a run of consecutive numbers, or a `1.`
+    after a colon or a sentence end, is list numbering; every other number stays in its sentence."""
+    ms = list(_INLINE_NUM_RE.finditer(text))
+    n = [int(m.group(1)) for m in ms]
+    keep = set()
+    for i, m in enumerate(ms):
+        run = (i > 0 and n[i - 1] + 1 == n[i]) or (i + 1 < len(ms) and n[i] + 1 == n[i + 1])
+        before = text[:m.start()].rstrip()
+        opens = n[i] == 1 and (not before or before[-1] in ':.!?\n')
+        if run or opens: keep.add(i)
+    out, pos = [], 0
+    for i in sorted(keep):
+        m = ms[i]
+        out += [text[pos:m.start()].rstrip(), '\n']
+        pos = m.end()
+    return ''.join(out + [text[pos:]]).lstrip('\n')
+
 # %% ../nbs/03_local_memory.ipynb #dd38bd88
 def chunk_text(
     text: str,            # an LLM summary (a non-string gives no chunk)
@@ -129,7 +151,7 @@ def chunk_text(
     Sentences that only repeat the prompt's instructions (`echo`) are dropped."""
     if not isinstance(text, str): return []
     text = collapse_repeats(text.replace('**', '').replace('__', '').replace('\r', ''))
-    text = _INLINE_NUM_RE.sub('\n', text)                # "... are: 1. [A] x. 2. [B] y" -> one list item per line
+    text = split_list_numbers(text)                      # "... are: 1. [A] x. 2. [B] y" -> one list item per line
     echo_n, echo_words = (f" {_norm(echo)} ", set(_norm(echo).split())) if echo else ('', set())
     def is_echo(u: str) -> bool:
         w = _norm(u).split()
