@@ -232,25 +232,43 @@ def _matching_brace(s: str, start: int) -> int:
             if depth == 0: return i
     return -1
 
-_PROFILE_VALUE_RE = re.compile(r'''["']?ideal_item_profile["']?\s*:\s*(["'])((?:\\.|(?!\1).)*)''', re.S)
+_PROFILE_KEY_RE = re.compile(r'''["']?ideal_item_profile["']?\s*:\s*(["'])''')
 
-def _readable(text) -> str | None:
+def _readable(
+    text,                     # a salvaged profile (a non-string gives None)
+    strip: str = ' ,;:-"\'',  # characters trimmed at both ends
+) -> str | None:
     "A salvaged profile, cleaned: whitespace squeezed, repeated phrases collapsed, stray punctuation trimmed."
     if not isinstance(text, str): return None
-    t = collapse_repeats(re.sub(r'\s+', ' ', text)).strip(' ,;:-"\'')
+    t = collapse_repeats(re.sub(r'\s+', ' ', text)).strip(strip)
     return t or None
 
-def _salvage(body: str, plain_ok: bool) -> str | None:
+def _profile_span(
+    body: str,  # a malformed box body, or box-less text
+) -> str | None:
+    """The profile value after its key, up to the next key or the closing brace (not the first quote: an inch mark or
+    an apostrophe stays); JSON escapes undone. None without the key."""
+    m = _PROFILE_KEY_RE.search(body)
+    if not m: return None
+    q, rest = re.escape(m.group(1)), body[m.end():]
+    ends = [re.search(rf'(?<!\\){q}?\s*,\s*["\']?useful_memory_ids\b', rest),   # the next key, ours
+            re.search(rf'(?<!\\){q}\s*,\s*["\']\w+["\']\s*:', rest),          # any other quoted key
+            re.search(rf'(?<!\\){q}\s*\}}', rest)]                              # the closing brace
+    raw = rest[:min((e.start() for e in ends if e), default=len(rest))]
+    try: return json.loads('"' + re.sub(r'(?<!\\)"', r'\\"', raw) + '"', strict=False)   # undo valid JSON escapes
+    except ValueError: return raw
+
+def _salvage(
+    body: str,       # a malformed box body (or box-less text with a profile key)
+    plain_ok: bool,  # a body without JSON punctuation is itself the profile
+) -> str | None:
     "The readable profile of a malformed box body (or of box-less text with a profile key)."
-    got = parse_llm_json(body, expect=dict)
-    if got.ok and isinstance(got.value.get('ideal_item_profile'), str) and got.value['ideal_item_profile'].strip():
+    got = parse_llm_json(body, expect=dict)      # a cut-off completion ('partial') may end at an inner quote
+    if got.ok and got.how != 'partial' and isinstance(got.value.get('ideal_item_profile'), str) \
+            and got.value['ideal_item_profile'].strip():
         return _readable(got.value['ideal_item_profile'])
-    m = _PROFILE_VALUE_RE.search(body)
-    if m:
-        raw = m.group(2)
-        try: raw = json.loads(f'"{raw}"', strict=False)     # undo JSON escapes when they are valid
-        except ValueError: pass
-        return _readable(raw)
+    span = _profile_span(body)
+    if span is not None: return _readable(span, ' ,;:-')
     inner = body.strip()
     if inner.startswith('{'): inner = inner[1:]
     if inner.endswith('}'): inner = inner[:-1]
