@@ -51,6 +51,7 @@ class DataConfig(SynthConfig):
     # both
     split_fractions: tuple[float, float, float] = (0.45, 0.10, 0.45)   # train, val, test
     errors: str = 'raise'                          # 'raise' on the first bad input line, or 'skip' and count
+    clean_text: bool = True                        # the readers clean text fields (HTML, entities, video markers)
     # the query plan: which queries the later stages answer (`plan_queries`); not part of the data's signature
     eval_queries: int = 0                          # test queries every setting answers (0 = all); memory users first
     rl_train_queries: int = 0                      # RL training queries (0 = the whole train split)
@@ -439,15 +440,15 @@ _BUNDLE_FILES = {'queries': 'queries.parquet', 'items': 'items.parquet', 'histor
 def _jsonable(v):
     return list(v) if isinstance(v, tuple) else v
 
-def _read_category_files(paths, reader, errors, keep, category_of) -> tuple[pd.DataFrame, dict]:
-    frames, skipped = [], {}
+def _read_category_files(paths, reader, errors, keep, category_of, clean=True) -> tuple[pd.DataFrame, dict, dict]:
+    frames, skipped, cleaned = [], {}, {}
     for p in tqdm(paths, desc=f'reading {reader.__name__[5:]}', unit='file', leave=False):
-        df = reader(p, errors, keep)
-        skipped[str(p)] = df.attrs['skipped']
+        df = reader(p, errors, keep, clean)
+        skipped[str(p)], cleaned[str(p)] = df.attrs['skipped'], df.attrs['cleaned']
         frames.append(df.assign(category=category_of(p)))
     if not frames: frames = [pd.DataFrame(columns=[*(REVIEW_COLUMNS if reader is read_reviews else META_COLUMNS),
                                                    'category'])]
-    return pd.concat(frames, ignore_index=True), skipped
+    return pd.concat(frames, ignore_index=True), skipped, cleaned
 
 def _category_of_file(p: Path) -> str:
     stem = p.name.split('.')[0]
@@ -488,8 +489,8 @@ def real_data_files(
 # %% ../nbs/01_data.ipynb #038b1fa6
 def _synth_queries(files: dict, cfg: DataConfig) -> tuple[pd.DataFrame, dict]:
     "A SynthC4 folder's queries with their detailed variant in `query_detailed`, and the skipped-line counts."
-    queries = read_c4_queries(files['queries'], cfg.errors)
-    detailed = read_c4_queries(files['queries_detailed'], cfg.errors)
+    queries = read_c4_queries(files['queries'], cfg.errors, cfg.clean_text)
+    detailed = read_c4_queries(files['queries_detailed'], cfg.errors, cfg.clean_text)
     skipped = {str(files['queries']): queries.attrs['skipped'],
                str(files['queries_detailed']): detailed.attrs['skipped']}
     return queries.assign(query_detailed=queries['qid'].map(detailed.set_index('qid')['query'])), skipped
@@ -528,7 +529,7 @@ def prepare_data(
     else:
         if cfg.rewrite_queries and rewrite is None: raise _no_rewriter(run)
         files = real_data_files(cfg)
-        queries = read_c4_queries(files['queries'], cfg.errors)
+        queries = read_c4_queries(files['queries'], cfg.errors, cfg.clean_text)
         skipped_q = {str(files['queries']): queries.attrs['skipped']}
         queries = sample_queries(queries, cfg.max_queries, run.seed)
         queries = queries.assign(query_detailed=queries['query'])
@@ -536,17 +537,20 @@ def prepare_data(
             queries = rewrite(queries)
             manifest['rewrite_statuses'] = queries['simplify_status'].value_counts().to_dict()
         category_of = _category_of_file
-    items = read_item_pool(files['pool'], cfg.errors)
-    reviews, skipped_r = _read_category_files(files['reviews'], read_reviews, cfg.errors, set(queries['user_id']),
-                                              category_of)
-    meta, skipped_m = _read_category_files(files['meta'], read_item_meta, cfg.errors, set(reviews['parent_asin']),
-                                           category_of)
+    cleaned_q = {str(files['queries']): queries.attrs.get('cleaned', {})}
+    items = read_item_pool(files['pool'], cfg.errors, cfg.clean_text)
+    reviews, skipped_r, cleaned_r = _read_category_files(files['reviews'], read_reviews, cfg.errors,
+                                                         set(queries['user_id']), category_of, cfg.clean_text)
+    meta, skipped_m, cleaned_m = _read_category_files(files['meta'], read_item_meta, cfg.errors,
+                                                      set(reviews['parent_asin']), category_of, cfg.clean_text)
     histories, queries = join_history(queries, reviews, meta)
     queries['category'] = queries['item_id'].map(pd.Series(items['category'].values, index=items['item_id'].values))
     queries['split'] = split_queries(queries['qid'], cfg.split_fractions, run.seed)
     manifest.update(
         files={k: (str(v) if isinstance(v, Path) else [str(x) for x in v]) for k, v in files.items()},
         skipped_lines={**skipped_q, str(files['pool']): items.attrs['skipped'], **skipped_r, **skipped_m},
+        clean_text=cfg.clean_text,
+        cleaned_values={**cleaned_q, str(files['pool']): items.attrs['cleaned'], **cleaned_r, **cleaned_m},
         history_join=histories.attrs['join'], queries_without_pool_item=int(queries['category'].isna().sum()),
         counts={'queries': len(queries), 'users': int(queries['user_id'].nunique()), 'items': len(items),
                 'history_rows': len(histories), **{f'{s}_queries': int((queries['split'] == s).sum()) for s in SPLITS}},

@@ -14,6 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.csv as pacsv
 import pyarrow.json as pajson
+from .text import clean_text
 
 log = logging.getLogger('mrrec.readers')
 
@@ -42,6 +43,7 @@ class _Spec:
     what: str                # e.g. 'Amazon-C4 queries', used in messages
     fields: tuple
     key: str | None = None   # a field that must be unique within the file
+    text: tuple = ()         # free-text fields, cleaned by `clean_text` (`clean=True`)
 
     @property
     def names(self): return [f.name for f in self.fields]
@@ -67,10 +69,11 @@ def _struct_list(*names): return pa.list_(pa.struct([(n, pa.string()) for n in n
 QUERY_SPEC = _Spec('Amazon-C4 queries', (
     _Field('qid', pa.int64(), 'int', True), _Field('query', pa.string(), 'str', True),
     _Field('item_id', pa.string(), 'str', True), _Field('user_id', pa.string(), 'str', True),
-    _Field('ori_rating', pa.float64(), 'float'), _Field('ori_review', pa.string(), 'str')), key='qid')
+    _Field('ori_rating', pa.float64(), 'float'), _Field('ori_review', pa.string(), 'str')), key='qid',
+    text=('query', 'ori_review'))
 POOL_SPEC = _Spec('Amazon-C4 item pool', (
     _Field('item_id', pa.string(), 'str', True), _Field('category', pa.string(), 'str', True),
-    _Field('metadata', pa.string(), 'str', True)), key='item_id')
+    _Field('metadata', pa.string(), 'str', True)), key='item_id', text=('metadata',))
 REVIEW_SPEC = _Spec('Amazon Reviews 2023 reviews', (
     _Field('rating', pa.float64(), 'float', True), _Field('title', pa.string(), 'str'),
     _Field('text', pa.string(), 'str'),
@@ -78,7 +81,7 @@ REVIEW_SPEC = _Spec('Amazon Reviews 2023 reviews', (
            'obj_list'),
     _Field('asin', pa.string(), 'str'), _Field('parent_asin', pa.string(), 'str', True),
     _Field('user_id', pa.string(), 'str', True), _Field('timestamp', pa.int64(), 'int', True),
-    _Field('helpful_vote', pa.int64(), 'int'), _Field('verified_purchase', pa.bool_(), 'bool')))
+    _Field('helpful_vote', pa.int64(), 'int'), _Field('verified_purchase', pa.bool_(), 'bool')), text=('title', 'text'))
 META_SPEC = _Spec('Amazon Reviews 2023 item meta', (
     _Field('main_category', pa.string(), 'str'), _Field('title', pa.string(), 'str'),
     _Field('average_rating', pa.float64(), 'float'), _Field('rating_number', pa.int64(), 'int'),
@@ -87,7 +90,7 @@ META_SPEC = _Spec('Amazon Reviews 2023 item meta', (
     _Field('videos', _struct_list('title', 'url', 'user_id'), 'obj_list'), _Field('store', pa.string(), 'str'),
     _Field('categories', pa.list_(pa.string()), 'str_list'), _Field('details', None, 'details'),
     _Field('parent_asin', pa.string(), 'str', True), _Field('bought_together', pa.list_(pa.string()), 'str_list')),
-    key='parent_asin')
+    key='parent_asin', text=('title', 'features', 'description'))
 
 QUERY_COLUMNS, POOL_COLUMNS = tuple(QUERY_SPEC.names), tuple(POOL_SPEC.names)
 REVIEW_COLUMNS, META_COLUMNS = tuple(REVIEW_SPEC.names), tuple(META_SPEC.names)
@@ -339,8 +342,41 @@ def _frame(spec: _Spec, table: pa.Table, free: dict[str, list]) -> pd.DataFrame:
                                                   dtype='float64' if f.kind == 'price' else object)
     return df[spec.names]
 
+# %% ../nbs/01a_readers.ipynb #84ed8879
+_NEEDS_CLEAN = r'[&<\[]|""|\s{2}|[^\S ]|^\s|\s$'   # a text that `clean_text` may change (the others are skipped)
+
+def _clean_list(v):
+    "A list field's strings cleaned (the value itself when nothing changes)."
+    if v is None or isinstance(v, (str, float)): return v
+    out = [clean_text(x) for x in v]
+    if out == list(v): return v
+    return np.array(out, dtype=object) if isinstance(v, np.ndarray) else out
+
+def _clean_frame(
+    df: pd.DataFrame,  # a reader's frame
+    spec: _Spec,       # its spec (`spec.text`: the free-text fields)
+    clean: bool,       # clean them (False: the frame as read)
+) -> tuple[pd.DataFrame, dict]:
+    """The frame with its text fields cleaned by `clean_text`, and per field the number of values changed. A field
+    with changes keeps the text as read in `<field>_raw`, for audit; a field without any gets no extra column."""
+    if not clean: return df, {}
+    changed = {}
+    for name in spec.text:
+        col = df[name]
+        if col.dtype == object and any(isinstance(v, (list, np.ndarray)) for v in col):   # a list of strings
+            new = col.map(_clean_list)
+            diff = pd.Series([a is not b for a, b in zip(col, new)], index=col.index)
+        else:
+            todo = col.str.contains(_NEEDS_CLEAN, regex=True, na=False)
+            new = col.copy()
+            if todo.any(): new[todo] = col[todo].map(clean_text)
+            diff = todo & (new != col).fillna(False)
+        changed[name] = int(diff.sum())
+        if changed[name]: df = df.assign(**{name: new, f'{name}_raw': col})
+    return df, changed
+
 # %% ../nbs/01a_readers.ipynb #d831c211
-def _read(path, spec: _Spec, errors: str = 'raise', keep=None) -> pd.DataFrame:
+def _read(path, spec: _Spec, errors: str = 'raise', keep=None, clean: bool = True) -> pd.DataFrame:
     if errors not in ('raise', 'skip'): raise ValueError(f"errors must be 'raise' or 'skip', got {errors!r}")
     path = Path(path)
     if not path.is_file(): raise FileNotFoundError(f"{path}: no such file (expected {spec.what})")
@@ -357,8 +393,9 @@ def _read(path, spec: _Spec, errors: str = 'raise', keep=None) -> pd.DataFrame:
                         v = o.get(f.name)
                         if v is not None and not _KIND_CHECK[f.kind](v): raise _NeedsScan(f"wrong type of '{f.name}'")
                     free[f.name] = [o.get(f.name) for o in objs]
-            df = _frame(spec, table, free)
-            df.attrs.update(path=str(path), lines=n, skipped={'count': 0, 'reasons': {}, 'examples': []})
+            df, cleaned = _clean_frame(_frame(spec, table, free), spec, clean)
+            df.attrs.update(path=str(path), lines=n, skipped={'count': 0, 'reasons': {}, 'examples': []},
+                            clean=clean, cleaned=cleaned)
             return df
         except _NeedsScan as why:
             log.debug("%s: fast path declined (%s); running the validating scan", path, why)
@@ -366,8 +403,9 @@ def _read(path, spec: _Spec, errors: str = 'raise', keep=None) -> pd.DataFrame:
     typed = [f for f in spec.fields if f.arrow is not None]
     table = pa.Table.from_pylist([{f.name: _arrow_value(r[f.name], f.arrow) for f in typed} for r in rows],
                                  schema=spec.schema())
-    df = _frame(spec, table, {f.name: [r[f.name] for r in rows] for f in free_fields})
-    df.attrs.update(path=str(path), lines=len(rows) + skipped['count'], skipped=skipped)
+    df, cleaned = _clean_frame(_frame(spec, table, {f.name: [r[f.name] for r in rows] for f in free_fields}), spec,
+                               clean)
+    df.attrs.update(path=str(path), lines=len(rows) + skipped['count'], skipped=skipped, clean=clean, cleaned=cleaned)
     if skipped['count']:
         why = ', '.join(f"{c} {k.replace('_', ' ')}" for k, c in sorted(skipped['reasons'].items()))
         log.warning("%s: skipped %d bad line(s) of %s (%s); first: %s", path, skipped['count'], spec.what, why,
@@ -378,29 +416,33 @@ def _read(path, spec: _Spec, errors: str = 'raise', keep=None) -> pd.DataFrame:
 def read_c4_queries(
     path,                   # `test.csv` or a JSON lines file of queries
     errors: str = 'raise',  # 'raise' on the first bad line, or 'skip' it and count it in `.attrs['skipped']`
+    clean: bool = True,     # clean the text fields (`clean_text`); changed ones keep the text as read in `<field>_raw`
 ) -> pd.DataFrame:
     "Amazon-C4 queries (`test.csv` as published, or JSON lines with the same fields), with `QUERY_COLUMNS`."
-    return _read(path, QUERY_SPEC, errors)
+    return _read(path, QUERY_SPEC, errors, clean=clean)
 
 def read_item_pool(
     path,                   # the C4 item pool (JSON lines)
     errors: str = 'raise',  # 'raise' on the first bad line, or 'skip' it and count it in `.attrs['skipped']`
+    clean: bool = True,     # clean the text fields (`clean_text`); changed ones keep the text as read in `<field>_raw`
 ) -> pd.DataFrame:
     "The Amazon-C4 item pool (`sampled_item_metadata_1M.jsonl`): `item_id, category, metadata` (title + description)."
-    return _read(path, POOL_SPEC, errors)
+    return _read(path, POOL_SPEC, errors, clean=clean)
 
 def read_reviews(
     path,                   # one review file (plain or gzipped JSON lines)
     errors: str = 'raise',  # 'raise' on the first bad line, or 'skip' it and count it in `.attrs['skipped']`
     user_ids=None,          # keep only these users (None: all)
+    clean: bool = True,     # clean the text fields (`clean_text`); changed ones keep the text as read in `<field>_raw`
 ) -> pd.DataFrame:
     "An Amazon Reviews 2023 review file; with `user_ids`, only those users' reviews are kept (every line is checked)."
-    return _read(path, REVIEW_SPEC, errors, None if user_ids is None else ('user_id', user_ids))
+    return _read(path, REVIEW_SPEC, errors, None if user_ids is None else ('user_id', user_ids), clean)
 
 def read_item_meta(
     path,                   # one meta file (plain or gzipped JSON lines)
     errors: str = 'raise',  # 'raise' on the first bad line, or 'skip' it and count it in `.attrs['skipped']`
     parent_asins=None,      # keep only these items (None: all)
+    clean: bool = True,     # clean the text fields (`clean_text`); changed ones keep the text as read in `<field>_raw`
 ) -> pd.DataFrame:
     "An Amazon Reviews 2023 meta file; `price` float (NaN if absent), `details` dict; optional `parent_asins` filter."
-    return _read(path, META_SPEC, errors, None if parent_asins is None else ('parent_asin', parent_asins))
+    return _read(path, META_SPEC, errors, None if parent_asins is None else ('parent_asin', parent_asins), clean)

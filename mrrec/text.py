@@ -2,11 +2,11 @@
 
 # %% ../nbs/00b_text.ipynb #c8e4557a
 from __future__ import annotations
-import json, re, typing
+import html, json, re, typing
 from dataclasses import dataclass
 
 # %% auto #0
-__all__ = ['STOPWORDS', 'clip_text', 'content_words', 'ParsedJSON', 'parse_llm_json']
+__all__ = ['STOPWORDS', 'clip_text', 'clean_text', 'content_words', 'ParsedJSON', 'parse_llm_json']
 
 # %% ../nbs/00b_text.ipynb #ba39f960
 def clip_text(
@@ -20,6 +20,22 @@ def clip_text(
     if not n or len(s) <= n: return s
     return (s[:max(1, n - 1)].rsplit(' ', 1)[0] if at_word else s[:max(0, n - len(mark))]) + mark
 
+
+# %% ../nbs/00b_text.ipynb #707e6a05
+_TAG_NAMES = ('a|abbr|b|big|blockquote|br|center|code|dd|div|dl|dt|em|font|h[1-6]|hr|i|img|li|ol|p|pre|s|small|span|'
+              'strike|strong|sub|sup|table|tbody|td|th|thead|tr|tt|u|ul')
+_TAG_RE = re.compile(rf'</?(?:{_TAG_NAMES})\b[^<>]*/?>', re.I)     # HTML tags only: "a <3 year old" stays
+_VIDEO_RE = re.compile(r'\[\[VIDEOID:[^\]]*\]\]', re.I)           # Amazon's review video markers
+
+def clean_text(
+    s,  # a text field as read (a non-string is returned as it is)
+) -> str:
+    """Real Amazon text made plain, once, at the readers: HTML entities decoded, `<br />` and other tags to spaces,
+    `[[VIDEOID:...]]` markers removed, CSV-doubled quotes undoubled (`8 1/2"" x 11""`), whitespace collapsed."""
+    if not isinstance(s, str): return s
+    t = _VIDEO_RE.sub(' ', html.unescape(s))
+    t = _TAG_RE.sub(' ', t).replace('""', '"')
+    return re.sub(r'\s+', ' ', t).strip()
 
 # %% ../nbs/00b_text.ipynb #5c197e79
 STOPWORDS = frozenset("""a about above after again against all also am an and any are as at be because been before being

@@ -176,6 +176,64 @@ def test_samples_load_in_every_format():
     assert meta.price.isna().tolist() == [False, True, True, False]
 
 
+MARKUP = SAMPLES / 'markup'
+MARKUP_FILES = [(read_c4_queries, 'test.csv'), (read_item_pool, 'sampled_item_metadata_1M.jsonl'),
+                (read_reviews, 'raw/review_categories/Office_Products.jsonl'),
+                (read_item_meta, 'raw/meta_categories/meta_Office_Products.jsonl')]
+_TEXT = {read_c4_queries: ('query', 'ori_review'), read_item_pool: ('metadata',), read_reviews: ('title', 'text'),
+         read_item_meta: ('title', 'features', 'description')}
+_MARKUP_RE = re.compile(r'<(?:br|b|i|p)\b|&(?:[a-z]+|#[0-9]+);|\[\[VIDEOID:|""|\s\s')
+
+
+def _texts(df, fields):
+    "Every text of `fields`, list fields flattened."
+    out = []
+    for f in fields:
+        for v in df[f]:
+            out += [x for x in (v if isinstance(v, (list, np.ndarray)) else [v]) if isinstance(x, str)]
+    return out
+
+
+@pytest.mark.parametrize('reader,path', MARKUP_FILES)
+def test_markup_samples_are_cleaned_and_the_raw_text_kept(reader, path):
+    fields = _TEXT[reader]
+    clean, raw = reader(MARKUP / path), reader(MARKUP / path, clean=False)
+    pd.testing.assert_frame_equal(clean, reader(MARKUP / path, errors='skip'))       # the fast path and the scan agree
+    assert raw.attrs['cleaned'] == {} and not [c for c in raw.columns if c.endswith('_raw')]
+    assert any(_MARKUP_RE.search(t) for t in _texts(raw, fields))                     # the samples carry markup
+    assert not any(_MARKUP_RE.search(t) for t in _texts(clean, fields))              # and cleaning removes it
+    for f in fields:
+        changed = clean.attrs['cleaned'][f]
+        if changed:
+            assert _texts(clean, [f + '_raw']) == _texts(raw, [f])                       # the text as read, for audit
+        assert (f + '_raw' in clean) == bool(changed)
+
+
+def test_share_of_sample_texts_changed_by_cleaning():
+    "Every sample folder: the share of text values that cleaning changes (the markup samples: most of them)."
+    shares = {}
+    for folder, files in (('markup', MARKUP_FILES), ('amazon_c4', [(read_c4_queries, 'test.csv'),
+                                                                   (read_item_pool, 'sampled_item_metadata_1M.jsonl')])):
+        n = changed = 0
+        for reader, path in files:
+            a, b = _texts(reader(SAMPLES / folder / path, clean=False), _TEXT[reader]), \
+                _texts(reader(SAMPLES / folder / path), _TEXT[reader])
+            n += len(a); changed += sum(x != y for x, y in zip(a, b))
+        shares[folder] = changed / n
+    print('share of sample texts changed by cleaning:', shares)
+    assert shares['markup'] > 0.5 and shares['amazon_c4'] < 0.2
+
+
+def test_cleaning_changes_no_synthc4_text(ci_synth):
+    f = synth_files(ci_synth)
+    for reader, paths in ((read_c4_queries, [f['queries'], f['queries_detailed']]), (read_item_pool, [f['pool']]),
+                          (read_reviews, f['reviews']), (read_item_meta, f['meta'])):
+        for p in paths:
+            a, b = reader(p), reader(p, clean=False)
+            assert a.attrs['cleaned'] == {k: 0 for k in _TEXT[reader]}, p
+            pd.testing.assert_frame_equal(a, b)
+
+
 @pytest.mark.parametrize('reader,path', [
     (read_c4_queries, 'amazon_c4/test.csv'), (read_c4_queries, 'amazon_c4/queries.jsonl'),
     (read_item_pool, 'amazon_c4/sampled_item_metadata_1M.jsonl'),
@@ -392,6 +450,23 @@ def test_prepare_data_on_the_real_formats_with_the_samples(tmp_path):
     with pytest.raises(DataUnavailableError, match='resolve/main/test.csv') as ei:
         prepare_data(start_run('paper', out=tmp_path / 'run2', seed=0), missing, progress=False)
     assert str(tmp_path / 'nope/test.csv') in str(ei.value) and 'data/README.md' in str(ei.value)
+
+
+def test_prepare_data_cleans_the_markup_samples_and_says_so(tmp_path):
+    cfg = dict(source='c4', c4_queries_path=str(MARKUP / 'test.csv'),
+               c4_pool_path=str(MARKUP / 'sampled_item_metadata_1M.jsonl'),
+               reviews_dir=str(MARKUP / 'raw/review_categories'), meta_dir=str(MARKUP / 'raw/meta_categories'),
+               split_fractions=(0.5, 0.0, 0.5))
+    b = prepare_data(start_run('paper', out=tmp_path / 'on', seed=0), DataConfig(**cfg), progress=False)
+    off = prepare_data(start_run('paper', out=tmp_path / 'off', seed=0), DataConfig(**cfg, clean_text=False),
+                       progress=False)
+    assert b.manifest['clean_text'] is True and off.manifest['clean_text'] is False
+    assert b.manifest['cleaned_values'][str(MARKUP / 'sampled_item_metadata_1M.jsonl')] == {'metadata': 3}
+    assert not b.items.metadata.str.contains('<br', regex=False).any() and off.items.metadata.str.contains('<br').any()
+    assert 'metadata_raw' in b.items and 'metadata_raw' not in off.items
+    assert not b.histories.review_text.str.contains('<br|&#34;|VIDEOID', regex=True).any()
+    # the query's own review is found by its text with and without cleaning (both sides are cleaned alike)
+    assert b.manifest['history_join'] == off.manifest['history_join']
 
 
 def test_real_query_rewrite_needs_a_rewriter_and_uses_it(tmp_path):
