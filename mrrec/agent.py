@@ -10,7 +10,7 @@ from typing import Callable, Sequence
 from .core import ConfigError
 from .llm import messages_for_template, parse_tool_calls
 from .local_memory import collapse_repeats, parse_entry_id
-from .text import clip_text, parse_llm_json
+from .text import category_text, clip_text, parse_llm_json
 
 # %% auto #0
 __all__ = ['AGENT_PROTOCOLS', 'MEMORY_TOOL_NAME', 'NO_MEMORY_TEXT', 'TOOL_CALL_PREFIX', 'ANSWER_KEYS', 'ANSWER_STATUSES',
@@ -359,7 +359,7 @@ def request_text(
     aspects: str | None,   # the global aspects text (None: left out)
 ) -> str:
     "The user message: request, scenario and (when given, even if empty) the scenario's aspects."
-    lines = [f"Request: {query}", f"Scenario: {category or 'unknown'}"]
+    lines = [f"Request: {query}", f"Scenario: {category_text(category)}"]
     if aspects is not None: lines += ["Aspects shoppers weigh in this scenario:", aspects or '(none recorded)']
     return '\n'.join(lines)
 

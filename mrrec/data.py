@@ -26,8 +26,8 @@ __all__ = ['log', 'SPLITS', 'PLAN_FIELDS', 'HISTORY_COLUMNS', 'SPLIT_ORDER_SALT'
            'DATA_VERSION', 'DataConfig', 'data_path', 'item_text', 'join_history', 'split_queries', 'sample_queries',
            'seeded_query_order', 'memory_users', 'memory_first', 'QueryPlan', 'plan_queries', 'DataUnavailableError',
            'hub_url', 'download_c4', 'download_amazon_reviews', 'simplify_prompt', 'parse_simplified',
-           'simplify_queries', 'DataBundle', 'real_data_files', 'prepare_data', 'load_data', 'dataset_statistics',
-           'bm25_recall', 'bm25_sanity_check']
+           'simplify_queries', 'DataBundle', 'real_data_files', 'drop_unpooled_queries', 'prepare_data', 'load_data',
+           'dataset_statistics', 'bm25_recall', 'bm25_sanity_check']
 
 # %% ../nbs/01_data.ipynb #8b3eaf0e
 SPLITS = ('train', 'val', 'test')
@@ -502,6 +502,19 @@ def _no_rewriter(run: Run) -> ConfigError:
         "out_col='query') with llm = mrrec.backends.load_llm_for_run(run) (the 01_data stage notebook does this), "
         "or set rewrite_queries = false")
 
+# %% ../nbs/01_data.ipynb #d49fba7c
+def drop_unpooled_queries(
+    queries: pd.DataFrame,  # the queries, `category` mapped from the pool (NaN: the target is not in the pool)
+    first: int = 5,         # qids named in the log and the note
+) -> tuple[pd.DataFrame, dict]:
+    "The queries whose target item is in the pool, and a note of the dropped ones (`count`, `first_qids`), logged."
+    gone = queries['category'].isna()
+    note = {'count': int(gone.sum()), 'first_qids': [int(q) for q in queries.loc[gone, 'qid'].head(first)]}
+    if note['count']:
+        log.warning("%d of %d queries have a target item that is not in the item pool and are dropped (first qids: "
+                    "%s)", note['count'], len(queries), note['first_qids'])
+    return queries[~gone], note
+
 # %% ../nbs/01_data.ipynb #d9376104
 def prepare_data(
     run: Run,                       # the run: its profile, seed and `run.data` folder
@@ -545,13 +558,16 @@ def prepare_data(
                                                       set(reviews['parent_asin']), category_of, cfg.clean_text)
     histories, queries = join_history(queries, reviews, meta)
     queries['category'] = queries['item_id'].map(pd.Series(items['category'].values, index=items['item_id'].values))
+    queries, unpooled = drop_unpooled_queries(queries)
+    join_stats, histories = histories.attrs['join'], histories[histories['qid'].isin(queries['qid'])]
     queries['split'] = split_queries(queries['qid'], cfg.split_fractions, run.seed)
     manifest.update(
         files={k: (str(v) if isinstance(v, Path) else [str(x) for x in v]) for k, v in files.items()},
         skipped_lines={**skipped_q, str(files['pool']): items.attrs['skipped'], **skipped_r, **skipped_m},
         clean_text=cfg.clean_text,
         cleaned_values={**cleaned_q, str(files['pool']): items.attrs['cleaned'], **cleaned_r, **cleaned_m},
-        history_join=histories.attrs['join'], queries_without_pool_item=int(queries['category'].isna().sum()),
+        history_join=join_stats, queries_without_pool_item=unpooled['count'],
+        queries_without_pool_item_first_qids=unpooled['first_qids'],
         counts={'queries': len(queries), 'users': int(queries['user_id'].nunique()), 'items': len(items),
                 'history_rows': len(histories), **{f'{s}_queries': int((queries['split'] == s).sum()) for s in SPLITS}},
         seconds=round(time.time() - t0, 2))

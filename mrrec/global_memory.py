@@ -16,7 +16,7 @@ from .core import atomic_write, read_json, read_parquet, stable_hash, write_json
 from .llm import GenOut, LazyLLM, generate_batch, model_id
 from .embed import embed_texts
 from .local_memory import category_slug
-from .text import clip_text, parse_llm_json
+from .text import category_text, clip_text, parse_llm_json
 
 # %% auto #0
 __all__ = ['GLOBAL_PROMPT_VERSION', 'QUERY_COLUMNS', 'POOL_COLUMNS', 'ASPECT_INSTRUCTIONS', 'EXAMPLE_CASE', 'EXAMPLE_ANSWER',
@@ -136,7 +136,7 @@ def _norm(s: str) -> str: return re.sub(r'[^a-z0-9]+', ' ', str(s).lower()).stri
 def _case(category: str, query: str, bought: str, negatives: list[str], item_chars: int) -> str:
     negs = '\n'.join(f"  {i}. {clip_text(t, item_chars)}" for i, t in enumerate(negatives, 1)) or '  (none)'
     return (
-        f"A recommendation case.\n- Scenario (category): {category}\n- User query: {query}\n"
+        f"A recommendation case.\n- Scenario (category): {category_text(category)}\n- User query: {query}\n"
         f"- Item the user finally bought: {clip_text(bought, item_chars)}\n"
         f"- Similar items the user did not choose:\n{negs}\n\n"
         + ASPECT_INSTRUCTIONS)

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from .core import atomic_write, read_json, read_parquet, stable_hash, write_json, write_parquet
 from .llm import GenOut, LazyLLM, generate_batch, llm_identity, model_id
 from .embed import embed_texts
-from .text import clip_text, parse_llm_json
+from .text import category_text, clip_text, parse_llm_json
 
 # %% auto #0
 __all__ = ['LOCAL_LEVELS', 'BASELINE_KINDS', 'PROMPT_VERSION', 'T2_VARIANTS', 'HISTORY_COLUMNS', 'SYSTEM_PROMPT', 'PATTERN_HEAD',
@@ -79,7 +79,7 @@ def category_slug(
     category: str,  # a category name
 ) -> str:
     "A short lowercase id for a category name: `Clothing, Shoes & Jewelry` -> `clothing_shoes_jewelry`."
-    s = re.sub(r'[^a-z0-9]+', '_', str(category).lower()).strip('_')
+    s = re.sub(r'[^a-z0-9]+', '_', category_text(category).lower()).strip('_')
     return s or 'unknown'
 
 def entry_id(
@@ -225,7 +225,8 @@ def record_text(
     review = ' - '.join(p for p in (clip_text(rec['review_title'], 80), clip_text(rec['review_text'], review_chars))
                         if p)
     item = f"{title}. {meta}" if title and meta else (title or meta or f"item {rec['item_id']}")
-    return f"[{rec['category']}] {item} | rated {float(rec['rating']):g}/5 | review: {review or '(none)'}"
+    rating = f"rated {float(rec['rating']):g}/5"
+    return f"[{category_text(rec['category'])}] {item} | {rating} | review: {review or '(none)'}"
 
 # %% ../nbs/03_local_memory.ipynb #7d128534
 def user_histories(

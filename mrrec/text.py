@@ -6,7 +6,8 @@ import html, json, re, typing
 from dataclasses import dataclass
 
 # %% auto #0
-__all__ = ['STOPWORDS', 'clip_text', 'clean_text', 'content_words', 'ParsedJSON', 'parse_llm_json']
+__all__ = ['MISSING_CATEGORY', 'STOPWORDS', 'clip_text', 'clean_text', 'category_text', 'content_words', 'ParsedJSON',
+           'parse_llm_json']
 
 # %% ../nbs/00b_text.ipynb #ba39f960
 def clip_text(
@@ -36,6 +37,19 @@ def clean_text(
     t = _VIDEO_RE.sub(' ', html.unescape(s))
     t = _TAG_RE.sub(' ', t).replace('""', '"')
     return re.sub(r'\s+', ' ', t).strip()
+
+# %% ../nbs/00b_text.ipynb #676dafdd
+MISSING_CATEGORY = 'unknown'   # what a missing category renders as, in prompts and ids
+
+def category_text(
+    c,  # a category as stored: a name, a list of names, None or NaN
+) -> str:
+    "A category as prompts and ids show it: the name (a list joined by ' > '), or `MISSING_CATEGORY` when missing."
+    if isinstance(c, str): return c if c.strip() else MISSING_CATEGORY
+    if isinstance(c, (list, tuple)) or (hasattr(c, 'tolist') and not isinstance(c, (int, float))):
+        parts = [p for p in (c.tolist() if hasattr(c, 'tolist') else c) if isinstance(p, str) and p.strip()]
+        return ' > '.join(parts) if parts else MISSING_CATEGORY
+    return MISSING_CATEGORY if c is None or c != c else str(c)   # c != c: NaN
 
 # %% ../nbs/00b_text.ipynb #5c197e79
 STOPWORDS = frozenset("""a about above after again against all also am an and any are as at be because been before being

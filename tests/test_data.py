@@ -469,6 +469,25 @@ def test_prepare_data_cleans_the_markup_samples_and_says_so(tmp_path):
     assert b.manifest['history_join'] == off.manifest['history_join']
 
 
+def test_queries_whose_target_is_not_in_the_pool_are_logged_dropped_and_counted(tmp_path, caplog):
+    pool = [json.loads(l) for l in (SAMPLES / 'amazon_c4/sampled_item_metadata_1M.jsonl').read_text().splitlines()]
+    q = read_c4_queries(SAMPLES / 'amazon_c4/test.csv')
+    target = q.item_id[1]
+    (tmp_path / 'pool.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in pool if r['item_id'] != target))
+    cfg = DataConfig(source='c4', c4_queries_path=str(SAMPLES / 'amazon_c4/test.csv'),
+                     c4_pool_path=str(tmp_path / 'pool.jsonl'),
+                     reviews_dir=str(SAMPLES / 'amazon_reviews_2023/raw/review_categories'),
+                     meta_dir=str(SAMPLES / 'amazon_reviews_2023/raw/meta_categories'), split_fractions=(0.5, 0.0, 0.5))
+    with caplog.at_level('WARNING', logger='mrrec.data'):
+        b = prepare_data(start_run('paper', out=tmp_path / 'run', seed=0), cfg, progress=False)
+    dropped = q.qid[q.item_id == target].tolist()
+    assert b.manifest['queries_without_pool_item'] == len(dropped) >= 1
+    assert b.manifest['queries_without_pool_item_first_qids'] == dropped
+    assert not b.queries.qid.isin(dropped).any() and b.queries.category.notna().all()
+    assert not b.histories.qid.isin(dropped).any()
+    assert 'not in the item pool' in caplog.text and str(dropped[0]) in caplog.text
+
+
 def test_real_query_rewrite_needs_a_rewriter_and_uses_it(tmp_path):
     cfg = DataConfig(source='c4', c4_queries_path=str(SAMPLES / 'amazon_c4/test.csv'),
                      c4_pool_path=str(SAMPLES / 'amazon_c4/sampled_item_metadata_1M.jsonl'),
