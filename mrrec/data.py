@@ -456,7 +456,8 @@ def _category_of_file(p: Path) -> str:
 
 # %% ../nbs/01_data.ipynb #fa19288b
 def real_data_files(
-    cfg: DataConfig,   # the `[data]` settings with the real-data paths
+    cfg: DataConfig,             # the `[data]` settings with the real-data paths
+    profile: str | None = None,  # the running profile's name, for the message (None: not named)
 ) -> dict:
     "The real files a `c4` run reads; `DataUnavailableError` listing exactly what is missing and how to get it."
     queries, pool = data_path(cfg.c4_queries_path), data_path(cfg.c4_pool_path)
@@ -481,7 +482,8 @@ def real_data_files(
         reviews.append(r); metas.append(m)
     if missing:
         raise DataUnavailableError(
-            "the paper profile needs the real data, and these files are missing:\n  " + '\n  '.join(missing) +
+            f"{f'profile {profile!r}' if profile else 'this run'} reads the real data ([data] source = 'c4'), and "
+            "these files are missing:\n  " + '\n  '.join(missing) +
             "\nWith network access run mrrec.data.download_c4() and mrrec.data.download_amazon_reviews(); "
             "otherwise download the URLs above elsewhere and put each file at the path shown (see data/README.md).")
     return {'queries': queries, 'pool': pool, 'reviews': reviews, 'meta': metas}
@@ -541,7 +543,7 @@ def prepare_data(
         category_of = lambda p: _C4_SHORT_NAME.get(_category_of_file(p), _category_of_file(p))
     else:
         if cfg.rewrite_queries and rewrite is None: raise _no_rewriter(run)
-        files = real_data_files(cfg)
+        files = real_data_files(cfg, run.profile.name)
         queries = read_c4_queries(files['queries'], cfg.errors, cfg.clean_text)
         skipped_q = {str(files['queries']): queries.attrs['skipped']}
         queries = sample_queries(queries, cfg.max_queries, run.seed)

@@ -450,6 +450,10 @@ def test_prepare_data_on_the_real_formats_with_the_samples(tmp_path):
     with pytest.raises(DataUnavailableError, match='resolve/main/test.csv') as ei:
         prepare_data(start_run('paper', out=tmp_path / 'run2', seed=0), missing, progress=False)
     assert str(tmp_path / 'nope/test.csv') in str(ei.value) and 'data/README.md' in str(ei.value)
+    assert "profile 'paper'" in str(ei.value)
+    with pytest.raises(DataUnavailableError) as ei:       # the message names the profile that is running
+        prepare_data(start_run('ci', out=tmp_path / 'run3', seed=0), missing, progress=False)
+    assert "profile 'ci'" in str(ei.value) and 'paper' not in str(ei.value)
 
 
 def test_prepare_data_cleans_the_markup_samples_and_says_so(tmp_path):
