@@ -26,8 +26,8 @@ __all__ = ['log', 'SPLITS', 'PLAN_FIELDS', 'HISTORY_COLUMNS', 'SPLIT_ORDER_SALT'
            'DATA_VERSION', 'DataConfig', 'data_path', 'item_text', 'join_history', 'split_queries', 'sample_queries',
            'seeded_query_order', 'memory_users', 'memory_first', 'QueryPlan', 'plan_queries', 'DataUnavailableError',
            'hub_url', 'download_c4', 'download_amazon_reviews', 'simplify_prompt', 'parse_simplified',
-           'simplify_queries', 'DataBundle', 'real_data_files', 'drop_unpooled_queries', 'prepare_data', 'load_data',
-           'dataset_statistics', 'bm25_recall', 'bm25_sanity_check']
+           'simplify_queries', 'DataBundle', 'real_data_files', 'drop_unpooled_queries', 'missing_metadata',
+           'prepare_data', 'load_data', 'dataset_statistics', 'bm25_recall', 'bm25_sanity_check']
 
 # %% ../nbs/01_data.ipynb #8b3eaf0e
 SPLITS = ('train', 'val', 'test')
@@ -52,6 +52,7 @@ class DataConfig(SynthConfig):
     split_fractions: tuple[float, float, float] = (0.45, 0.10, 0.45)   # train, val, test
     errors: str = 'raise'                          # 'raise' on the first bad input line, or 'skip' and count
     clean_text: bool = True                        # the readers clean text fields (HTML, entities, video markers)
+    max_missing_meta: float = 0.2                  # a larger share of history rows without item meta is an error
     # the query plan: which queries the later stages answer (`plan_queries`); not part of the data's signature
     eval_queries: int = 0                          # test queries every setting answers (0 = all); memory users first
     rl_train_queries: int = 0                      # RL training queries (0 = the whole train split)
@@ -62,6 +63,8 @@ class DataConfig(SynthConfig):
         bad = []
         if self.source not in ('synth', 'c4'): bad.append(f"source must be 'synth' or 'c4', got {self.source!r}")
         if self.errors not in ('raise', 'skip'): bad.append(f"errors must be 'raise' or 'skip', got {self.errors!r}")
+        if not 0 <= self.max_missing_meta <= 1:
+            bad.append(f"max_missing_meta must be in [0, 1], got {self.max_missing_meta!r}")
         if len(self.split_fractions) != 3 or min(self.split_fractions) < 0 or abs(sum(self.split_fractions) - 1) > 1e-6:
             bad.append(f"split_fractions must be 3 non-negative numbers summing to 1, got {self.split_fractions}")
         bad += synth_config_problems(self)              # SynthC4's own checks (mrrec.synthc4)
@@ -517,6 +520,37 @@ def drop_unpooled_queries(
                     "%s)", note['count'], len(queries), note['first_qids'])
     return queries[~gone], note
 
+# %% ../nbs/01_data.ipynb #1f7fc67f
+def missing_metadata(
+    histories: pd.DataFrame,  # the joined history rows (`item_title` NaN: the item has no meta row)
+    items: pd.DataFrame,      # the item pool
+    meta_files: list,         # the meta files read (one per category), named in the error
+    category_of,              # a file's category, as `histories['category']` spells it
+    max_share: float,         # `[data] max_missing_meta`: a larger share of history rows without meta is an error
+) -> dict:
+    "Shares of history rows and pool items without metadata or category, logged; too many missing raise, naming files."
+    blank = lambda s: s.isna() | (s.astype(str).str.strip() == '')
+    no_meta = histories['item_title'].isna()
+    out = {'history_rows': len(histories), 'history_rows_without_meta': round(float(no_meta.mean()), 4) if len(
+        histories) else 0.0, 'pool_items': len(items),
+           'pool_items_without_metadata': round(float(blank(items['metadata']).mean()), 4) if len(items) else 0.0,
+           'pool_items_without_category': round(float(blank(items['category']).mean()), 4) if len(items) else 0.0,
+           'max_missing_meta': max_share}
+    if any(out[k] for k in ('history_rows_without_meta', 'pool_items_without_metadata', 'pool_items_without_category')):
+        log.warning("missing metadata: %.1f%% of %d history rows have no item meta row; %.1f%% of %d pool items have "
+                    "no metadata, %.1f%% no category", 100 * out['history_rows_without_meta'], len(histories),
+                    100 * out['pool_items_without_metadata'], len(items), 100 * out['pool_items_without_category'])
+    if out['history_rows_without_meta'] > max_share:
+        by_cat = no_meta.groupby(histories['category']).mean().sort_values(ascending=False)
+        where = {category_of(Path(p)): p for p in meta_files if p is not None}
+        lines = [f"{where.get(c, f'meta_{c}.jsonl')}: {s:.0%} of its history rows (from "
+                 f"{hub_url(REVIEWS_REPO, f'raw/meta_categories/meta_{c}.jsonl')})" for c, s in by_cat.items() if s]
+        raise DataUnavailableError(
+            f"{out['history_rows_without_meta']:.0%} of the history rows have no item metadata, more than [data] "
+            f"max_missing_meta = {max_share:g}; the items are missing from these meta files (download them again, "
+            "whole):\n  " + '\n  '.join(lines))
+    return out
+
 # %% ../nbs/01_data.ipynb #d9376104
 def prepare_data(
     run: Run,                       # the run: its profile, seed and `run.data` folder
@@ -532,8 +566,7 @@ def prepare_data(
     if manifest_path.is_file() and read_json(manifest_path).get('signature') == signature and \
             all((run.data / f).is_file() for f in _BUNDLE_FILES.values()):
         return load_data(run)
-    t0 = time.time()
-    manifest = {'signature': signature, 'source': cfg.source, 'synthetic': cfg.source == 'synth'}
+    t0, manifest = time.time(), {'signature': signature, 'source': cfg.source, 'synthetic': cfg.source == 'synth'}
     if cfg.source == 'synth':
         synth_dir = run.data / 'synthc4'
         manifest['synthc4'] = ensure_synthc4(synth_dir, cfg.synth_config(), run.seed, progress)
@@ -563,6 +596,7 @@ def prepare_data(
     queries, unpooled = drop_unpooled_queries(queries)
     join_stats, histories = histories.attrs['join'], histories[histories['qid'].isin(queries['qid'])]
     queries['split'] = split_queries(queries['qid'], cfg.split_fractions, run.seed)
+    manifest['missing_metadata'] = missing_metadata(histories, items, files['meta'], category_of, cfg.max_missing_meta)
     manifest.update(
         files={k: (str(v) if isinstance(v, Path) else [str(x) for x in v]) for k, v in files.items()},
         skipped_lines={**skipped_q, str(files['pool']): items.attrs['skipped'], **skipped_r, **skipped_m},

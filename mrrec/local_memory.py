@@ -222,8 +222,9 @@ def record_text(
     title = clip_text(rec['item_title'], 120)
     meta = clip_text(rec['item_text'], meta_chars)
     if title and meta.lower().startswith(title.lower()): meta = clip_text(meta[len(title):].lstrip(' .:-'), meta_chars)
-    review = ' - '.join(p for p in (clip_text(rec['review_title'], 80), clip_text(rec['review_text'], review_chars))
-                        if p)
+    rt, rv = clip_text(rec['review_title'], 80), clip_text(rec['review_text'], review_chars)
+    if not (title or meta) and rt: title, rt = rt, ''    # no item metadata: the review title names the item
+    review = ' - '.join(p for p in (rt, rv) if p)
     item = f"{title}. {meta}" if title and meta else (title or meta or f"item {rec['item_id']}")
     rating = f"rated {float(rec['rating']):g}/5"
     return f"[{category_text(rec['category'])}] {item} | {rating} | review: {review or '(none)'}"

@@ -1,6 +1,6 @@
 """Tests of the data stage (mrrec.data), the readers (mrrec.readers) and SynthC4 (mrrec.synthc4): readers and their
 errors, the history join, splits, the generator, the stage itself."""
-import gzip, hashlib, json, re, subprocess, sys
+import dataclasses, gzip, hashlib, json, re, subprocess, sys
 from pathlib import Path
 
 import numpy as np
@@ -446,6 +446,12 @@ def test_prepare_data_on_the_real_formats_with_the_samples(tmp_path):
     assert b.queries.n_history.tolist() == [3, 1, 0, 2]
     assert set(b.histories.category) == {'Pet_Supplies', 'Home_and_Kitchen'}
     assert b.manifest['history_join']['queries_without_query_review'] == 1
+    assert b.manifest['missing_metadata']['history_rows_without_meta'] == round(1 / 6, 4)     # under 20%: no error
+    assert b.manifest['missing_metadata']['pool_items_without_category'] == 0
+    with pytest.raises(DataUnavailableError, match='max_missing_meta = 0.1') as ei:     # a lower threshold: an error
+        prepare_data(start_run('paper', out=tmp_path / 'run1', seed=0), dataclasses.replace(cfg, max_missing_meta=0.1),
+                     progress=False)
+    assert 'meta_Home_and_Kitchen.jsonl' in str(ei.value) or 'meta_Pet_Supplies.jsonl' in str(ei.value)
     missing = DataConfig(source='c4', c4_queries_path=str(tmp_path / 'nope/test.csv'), reviews_dir=str(tmp_path / 'r'), meta_dir=str(tmp_path / 'm'))
     with pytest.raises(DataUnavailableError, match='resolve/main/test.csv') as ei:
         prepare_data(start_run('paper', out=tmp_path / 'run2', seed=0), missing, progress=False)
