@@ -299,7 +299,7 @@ def run_setting(
     return records, _setting_summary(setting, records, ret.name, time.perf_counter() - t0)
 
 # %% ../nbs/05c_experiments.ipynb #70ffd7b5
-AGENT_VERSION = 4   # bump when the code changes what a setting would produce (prompt texts are hashed below)
+AGENT_VERSION = 5   # bump when the code changes what a setting would produce (prompt texts are hashed below)
 
 def prompts_fingerprint() -> str:
     "A hash of every fixed prompt text, example and the tool schema: editing one reruns the settings."
