@@ -260,6 +260,14 @@ def _check_texts(texts, what: str) -> list[str]:
         if not isinstance(t, str): raise TypeError(f"{what}[{i}] is {type(t).__name__} {t!r}, not str")
     return texts
 
+def _check_corpus(texts, item_ids, who: str) -> tuple[list[str], np.ndarray | None]:
+    "An index's texts (checked, at least one) and its item ids (None, or one per text) as an object array."
+    texts = _check_texts(texts, 'texts')
+    if not texts: raise ValueError(f"{who}.index: no texts")
+    if item_ids is not None and len(item_ids) != len(texts):
+        raise ValueError(f"{len(item_ids)} item ids for {len(texts)} texts")
+    return texts, None if item_ids is None else np.asarray(item_ids, dtype=object)
+
 def _check_k(k) -> int:
     if isinstance(k, bool) or not isinstance(k, (int,
             np.integer)) or k < 1: raise ValueError(f"k must be a positive int, got {k!r}")
@@ -300,10 +308,7 @@ class BM25Index:
         show_progress: bool = False,  # show progress bars
     ) -> 'BM25Index':
         "Tokenise `texts` (one per pool row) and build the bm25s index; returns self."
-        texts = _check_texts(texts, 'texts')
-        if not texts: raise ValueError("BM25Index.index: no texts")
-        if item_ids is not None and len(item_ids) != len(texts): raise ValueError(f"{len(item_ids)} item ids for "
-                                                                                  f"{len(texts)} texts")
+        texts, item_ids = _check_corpus(texts, item_ids, 'BM25Index')
         vocab, stop, find = {}, STOPWORD_LISTS[self.stopwords], TOKEN_PATTERN.findall
         # Same tokens as `bm25_tokenize`, mapped straight to ids: the string lists of 1M items would cost gigabytes.
         ids = [[vocab.setdefault(w, len(vocab)) for w in find(t.lower()) if w not in stop]
@@ -311,7 +316,7 @@ class BM25Index:
         if not vocab: raise ValueError("BM25Index.index: the texts contain no word to index")
         model = bm25s.BM25(k1=self.k1, b=self.b, delta=self.delta, **BM25_VARIANTS[self.variant]['bm25s'])
         model.index((ids, vocab), create_empty_token=False, show_progress=show_progress)
-        self._attach(model, None if item_ids is None else np.asarray(item_ids, dtype=object))
+        self._attach(model, item_ids)
         return self
 
 # %% ../nbs/05_search.ipynb #29631cd3
@@ -436,12 +441,11 @@ class RankBM25Index:
     ) -> 'RankBM25Index':
         "Tokenise `texts` (one per pool row) and build the rank-bm25 index; returns self."
         import rank_bm25
-        texts = _check_texts(texts, 'texts')
-        if not texts: raise ValueError("RankBM25Index.index: no texts")
+        texts, item_ids = _check_corpus(texts, item_ids, 'RankBM25Index')
         cls_name, kwargs = BM25_VARIANTS[self.variant]['rank_bm25']
         kwargs = {k: (self.delta if v is None else v) for k, v in kwargs.items()}
         self._bm25 = getattr(rank_bm25, cls_name)(bm25_tokenize(texts, self.stopwords), k1=self.k1, b=self.b, **kwargs)
-        self.item_ids = None if item_ids is None else np.asarray(item_ids, dtype=object)
+        self.item_ids = item_ids
         return self
 
 # %% ../nbs/05_search.ipynb #c6d9f7ec
