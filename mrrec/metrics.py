@@ -2,11 +2,16 @@
 
 # %% ../nbs/00c_metrics.ipynb #212d285f
 from __future__ import annotations
+from pathlib import Path
 import numpy as np
 import pandas as pd
+from .core import atomic_write
 
 # %% auto #0
-__all__ = ['DEFAULT_KS', 'recall_at_k', 'ndcg_at_k', 'metric_columns', 'metric_table']
+__all__ = ['DEFAULT_KS', 'VERDICTS', 'NOT_MEASURED', 'recall_at_k', 'ndcg_at_k', 'bootstrap_ci', 'paired_difference',
+           'ci_verdict', 'metric_columns', 'metric_table', 'format_ci', 'paired_metric_differences', 'setting_rows',
+           'unpaired_reason', 'paired_comparison', 'readable_table', 'save_figure', 'pyplot_agg', 'plot_bars',
+           'plot_lines']
 
 # %% ../nbs/00c_metrics.ipynb #8e0c23fc
 DEFAULT_KS = (10, 100, 1000)
@@ -33,6 +38,53 @@ def ndcg_at_k(
     hit = (r >= 1) & (r <= k)
     return np.where(hit, 1.0 / np.log2(np.where(hit, r, 1.0) + 1.0), 0.0)
 
+# %% ../nbs/00c_metrics.ipynb #5c1e4b90
+_BOOT_CELLS = 4_000_000   # resampled values held in memory at once (the draws are chunked above this)
+
+def bootstrap_ci(
+    values,              # per-query values; 2-D: one column per metric, the rows (queries) resampled together
+    n_boot: int = 1000,  # bootstrap resamples
+    seed: int = 0,       # the resampling seed (the run's seed)
+    level: float = 0.95, # the interval's coverage
+) -> tuple:
+    "Percentile-bootstrap (lo, hi) of the mean over the first axis (queries); (nan, nan) below two queries."
+    if not 0 < level < 1: raise ValueError(f"level must be in (0, 1), got {level}")
+    v = np.asarray(values, dtype=np.float64)
+    if v.ndim == 0 or v.ndim > 2: raise ValueError(f"values must be 1-D or 2-D, got shape {v.shape}")
+    if len(v) < 2 or n_boot < 1:
+        return (np.nan, np.nan) if v.ndim == 1 else (np.full(v.shape[1], np.nan), np.full(v.shape[1], np.nan))
+    rng, n = np.random.default_rng(seed), len(v)
+    step = max(1, _BOOT_CELLS // v.size)
+    means = np.concatenate([v[rng.integers(0, n, (min(step, n_boot - s), n))].mean(axis=1)
+                            for s in range(0, n_boot, step)])
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2], axis=0)
+    return (float(lo), float(hi)) if v.ndim == 1 else (lo, hi)
+
+# %% ../nbs/00c_metrics.ipynb #0a7b3c64
+VERDICTS = ('holds', 'does not hold', 'cannot tell at this size')
+
+def paired_difference(
+    a,                   # per-query values of one setting
+    b,                   # per-query values of the other, aligned on the same queries
+    n_boot: int = 1000,  # bootstrap resamples
+    seed: int = 0,       # the resampling seed
+    level: float = 0.95, # the interval's coverage
+) -> dict:
+    "Mean of `a - b` over the queries with its paired bootstrap interval: {diff, lo, hi, n}."
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape: raise ValueError(f"a and b must be aligned on the same queries: {a.shape} vs {b.shape}")
+    d = a - b
+    lo, hi = bootstrap_ci(d, n_boot, seed, level)
+    return {'diff': float(d.mean()) if len(d) else np.nan, 'lo': lo, 'hi': hi, 'n': len(d)}
+
+def ci_verdict(
+    lo: float,  # lower end of a difference's interval
+    hi: float,  # upper end
+) -> str:
+    "'holds' (interval above 0), 'does not hold' (below 0) or 'cannot tell at this size' (straddles 0, or missing)."
+    if lo is None or hi is None or np.isnan(lo) or np.isnan(hi): return VERDICTS[2]
+    return VERDICTS[0] if lo > 0 else VERDICTS[1] if hi < 0 else VERDICTS[2]
+
 # %% ../nbs/00c_metrics.ipynb #d0ab68d2
 def metric_columns(
     ranks,          # 1-based rank of the target per query (0 = not retrieved)
@@ -47,17 +99,203 @@ def metric_table(
     by=('setting',),            # the grouping columns (e.g. setting)
     ks=DEFAULT_KS,              # the cut-offs
     per_category: bool = True,  # a row per category besides 'All'
+    n_boot: int = 0,            # bootstrap resamples for `lo`, `hi` (0: no interval, NaN)
+    seed: int = 0,              # the resampling seed
+    level: float = 0.95,        # the interval's coverage
 ) -> pd.DataFrame:
-    "Average per-query metrics of `results` (columns `rank`, `category`, `by`) into a tidy frame with an 'All' row."
+    "Per-query metrics of `results` averaged per group (and 'All'): tidy by, category, queries, metric, value, lo, hi."
     by = list(by)
     per_query = pd.concat([results[by + ['category']].reset_index(drop=True),
                            metric_columns(results['rank'].to_numpy(), ks)], axis=1)
     metrics = [c for c in per_query.columns if c not in by + ['category']]
-    overall = per_query.groupby(by, sort=False)[metrics].mean().reset_index().assign(category='All')
-    parts = [overall]
-    if per_category: parts.append(per_query.groupby(by + ['category'], sort=True)[metrics].mean().reset_index())
-    wide = pd.concat(parts, ignore_index=True)
-    n = per_query.groupby(by + ['category']).size().rename('queries').reset_index()
-    n_all = per_query.groupby(by).size().rename('queries').reset_index().assign(category='All')
-    wide = wide.merge(pd.concat([n_all, n]), on=by + ['category'])
-    return wide.melt(id_vars=by + ['category', 'queries'], var_name='metric', value_name='value')
+    groups = [((*k, 'All'), g) for k, g in per_query.groupby(by, sort=False)]
+    if per_category: groups += list(per_query.groupby(by + ['category'], sort=True))
+    rows = []
+    for key, g in groups:
+        v = g[metrics].to_numpy()
+        lo, hi = bootstrap_ci(v, n_boot, seed, level)
+        rows += [{**dict(zip(by + ['category'], key)), 'queries': len(g), 'metric': m, 'value': v[:, j].mean(),
+                  'lo': lo[j], 'hi': hi[j]} for j, m in enumerate(metrics)]
+    return pd.DataFrame(rows, columns=[*by, 'category', 'queries', 'metric', 'value', 'lo', 'hi'])
+
+# %% ../nbs/00c_metrics.ipynb #a5d93e17
+def format_ci(
+    value,                 # the estimate (NaN: nothing measured)
+    lo=np.nan,             # its interval's lower end (NaN: no interval)
+    hi=np.nan,             # upper end
+    signed: bool = False,  # a difference: '+' before positive numbers
+    digits: int = 3,       # decimals
+) -> str:
+    "'0.250 [0.100, 0.400]'; the value alone without an interval; '' without a value."
+    if value is None or np.isnan(value): return ''
+    f = (lambda v: f'{v:+.{digits}f}') if signed else (lambda v: f'{v:.{digits}f}')
+    return f(value) + ('' if lo is None or hi is None or np.isnan(lo) or np.isnan(hi) else f' [{f(lo)}, {f(hi)}]')
+
+# %% ../nbs/00c_metrics.ipynb #7e3f9a18
+def _per_query(df: pd.DataFrame, measure: str) -> np.ndarray:
+    "A measure's per-query values: a numeric column of `df`, else the metric `R@k` / `N@k` of its `rank`."
+    if measure in df: return pd.to_numeric(df[measure], errors='coerce').to_numpy(np.float64)
+    if '@' not in measure:
+        if len(df): raise KeyError(f"{measure!r}: not a column of both frames, nor a metric name R@k / N@k")
+        return np.array([])
+    kind, k = measure.split('@')
+    return {'R': recall_at_k, 'N': ndcg_at_k}[kind](df['rank'].to_numpy(), int(k))
+
+def paired_metric_differences(
+    a: pd.DataFrame,                            # one row per query of a setting: `qid`, `rank` (and other columns)
+    b: pd.DataFrame,                            # the same for the setting it is compared with
+    metrics=('R@100', 'N@100', 'R@10', 'N@10'),  # `R@k` / `N@k` names, or numeric columns of both frames
+    n_boot: int = 1000,                         # bootstrap resamples
+    seed: int = 0,                              # the resampling seed
+    level: float = 0.95,                        # the interval's coverage
+) -> pd.DataFrame:
+    "`a` minus `b` per measure on the queries both answered: metric, diff, lo, hi, queries."
+    cols = ['qid', *dict.fromkeys(c for c in ('rank', *metrics) if c in a and c in b)]
+    both = a[cols].merge(b[cols], on='qid', suffixes=('_a', '_b'))
+    side = lambda s: both[['qid']].assign(**{c: both[f'{c}_{s}'] for c in cols[1:]})
+    rows = [{'metric': m, **paired_difference(_per_query(side('a'), m), _per_query(side('b'), m), n_boot, seed,
+                                              level)} for m in metrics]
+    return pd.DataFrame(rows).rename(columns={'n': 'queries'})[['metric', 'diff', 'lo', 'hi', 'queries']]
+
+# %% ../nbs/00c_metrics.ipynb #3f6a8c21
+NOT_MEASURED = 'not measured'
+
+def setting_rows(
+    results: pd.DataFrame,  # one row per (setting, query)
+    setting: str | None,    # the setting (None: none)
+) -> pd.DataFrame:
+    "The rows of `setting` in `results` (none for None or an empty frame), at least with `qid` and `rank`."
+    if not len(results) or not setting: return pd.DataFrame(columns=['setting', 'qid', 'rank'])
+    return results[results['setting'] == setting]
+
+def unpaired_reason(
+    results: pd.DataFrame,  # one row per (setting, query)
+    *settings,              # the settings compared
+) -> str:
+    "Why the `settings` share no query of `results`."
+    for s in settings:
+        if not s: return 'no such row in this run'
+        if not len(setting_rows(results, s)): return f"no finished trajectories of setting '{s}'"
+    return 'no query answered by both'
+
+def paired_comparison(
+    results: pd.DataFrame,        # one row per (setting, query): `setting`, `qid`, `rank`
+    a: str | None,                # the setting that should be better
+    b: str | None,                # the setting it is compared with
+    metrics=('R@100', 'N@100'),   # the measures; the first decides the verdict
+    n_boot: int = 1000,           # bootstrap resamples
+    seed: int = 0,                # the resampling seed
+    level: float = 0.95,          # the intervals' coverage
+    digits: int = 3,              # decimals of the evidence
+) -> dict:
+    "`a` minus `b`: queries, `<measure> diff|lo|hi` for each, verdict (first measure) and evidence (one line)."
+    d = paired_metric_differences(setting_rows(results, a), setting_rows(results, b), metrics, n_boot, seed, level)
+    d, n = d.set_index('metric'), int(d['queries'].iloc[0])
+    out = {'queries': n, **{f'{m} {e}': float(d.loc[m, e]) for m in metrics for e in ('diff', 'lo', 'hi')}}
+    if not n: return {**out, 'verdict': NOT_MEASURED, 'evidence': unpaired_reason(results, a, b)}
+    ev = ', '.join(f"{m} {format_ci(*d.loc[m, ['diff', 'lo', 'hi']], signed=True, digits=digits)}" for m in metrics)
+    return {**out, 'verdict': ci_verdict(out[f'{metrics[0]} lo'], out[f'{metrics[0]} hi']),
+            'evidence': f"{ev}; {n} queries"}
+
+# %% ../nbs/00c_metrics.ipynb #c7e1a3b9
+def readable_table(
+    df: pd.DataFrame,  # a table with `<m>` (or `<m> diff`), `<m> lo`, `<m> hi` columns
+    drop=('data',),    # columns left out (a caption says them)
+) -> str:
+    "`df` as Markdown: each value with its interval in brackets, 3 decimals, blanks for missing, `True` as 'yes'."
+    t = df.drop(columns=[c for c in (*drop, 'lo', 'hi') if c in df])
+    if 'category' in t and t['category'].eq('All').all(): t = t.drop(columns='category')
+    for c in list(t.columns):
+        base = c[:-len(' diff')] if c.endswith(' diff') else c
+        if f'{base} lo' in t and f'{base} hi' in t:
+            t[c] = [format_ci(v, lo, hi, signed=c != base) for v, lo, hi in zip(t[c], t[f'{base} lo'],
+                                                                                 t[f'{base} hi'])]
+            t = t.drop(columns=[f'{base} lo', f'{base} hi'])
+    cell = lambda v: ('yes' if v else '') if isinstance(v, (bool, np.bool_)) else (
+        '' if v is None or (isinstance(v, float) and np.isnan(v)) else f'{v:.3f}' if isinstance(v, float) else v)
+    return t.map(cell).to_markdown(index=False, disable_numparse=True)   # keep the numbers as formatted here
+
+# %% ../nbs/00c_metrics.ipynb #cdce4541
+def save_figure(
+    fig,   # a matplotlib figure
+    path,  # the PNG file
+) -> Path:
+    "Write a matplotlib figure as PNG to `path`, atomically, and close it."
+    import matplotlib.pyplot as plt
+    path = Path(path)
+    with atomic_write(path, 'wb', encoding=None) as f: fig.savefig(f, format='png', dpi=110)
+    plt.close(fig)
+    return path
+
+def pyplot_agg():
+    "matplotlib.pyplot on the Agg backend (files only: no display needed, safe in papermill and on servers)."
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    return plt
+
+def plot_bars(
+    table: pd.DataFrame,  # one bar per row
+    label_col: str,       # the column that names the bars
+    metrics,              # one group of bars per metric
+    path,                 # the PNG file
+    title: str,           # the figure's title
+) -> Path:
+    "Grouped bars, one group per metric and one bar per row (`label_col`); intervals as whiskers, the paper as crosses."
+    plt = pyplot_agg()
+    metrics = list(metrics)
+    fig, ax = plt.subplots(figsize=(1.6 + 1.9 * len(metrics), 3.6))
+    n, width = len(table), 0.8 / max(len(table), 1)
+    for i, (_, row) in enumerate(table.iterrows()):
+        x = np.arange(len(metrics)) + (i - (n - 1) / 2) * width
+        vals = np.array([row[m] for m in metrics], dtype=float)
+        label = str(row[label_col]) + (' (not run)' if np.isnan(vals).all() else '')
+        ax.bar(x, np.nan_to_num(vals), width * 0.92, label=label)
+        lo, hi = (np.array([row.get(f'{m} {e}', np.nan) for m in metrics], dtype=float) for e in ('lo', 'hi'))
+        ok = ~(np.isnan(vals) | np.isnan(lo) | np.isnan(hi))
+        if ok.any():
+            ax.errorbar(x[ok], vals[ok], yerr=[vals[ok] - lo[ok], hi[ok] - vals[ok]], fmt='none', ecolor='0.2',
+                        capsize=2, lw=1)
+        paper = np.array([row.get(f'{m} (paper)', np.nan) for m in metrics], dtype=float)
+        ok = ~np.isnan(paper)
+        if ok.any():
+            ax.plot(x[ok], paper[ok], 'kx', ms=7, mew=2,
+                    label='paper' if i == 0 or 'paper' not in ax.get_legend_handles_labels()[1] else None)
+    ax.set_xticks(np.arange(len(metrics)), metrics); ax.set_ylabel('value'); ax.grid(axis='y', alpha=.3)
+    ax.legend(fontsize=8, ncol=2); ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+# %% ../nbs/00c_metrics.ipynb #0311c0a5
+def plot_lines(
+    table: pd.DataFrame,  # tidy rows: `x`, `series` and the metrics
+    x: str,               # the x-axis column
+    series: str,          # one line per value of this column
+    metrics,              # one panel per metric
+    path,                 # the PNG file
+    title: str,           # the figure's title
+    logx: bool = False,   # log-scaled x axis
+    dashed=(),            # series whose name contains one of these are dashed
+) -> Path:
+    "One panel per metric against `x`, one line per `series` value; intervals as bands, the paper as crosses."
+    plt = pyplot_agg()
+    metrics = list(metrics)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3.8 * len(metrics), 3.4), squeeze=False)
+    for ax, m in zip(axes[0], metrics):
+        for name, g in table.groupby(series, sort=False):
+            g = g.sort_values(x)
+            line, = ax.plot(g[x], g[m], 'o--' if any(d in str(name) for d in dashed) else 'o-',
+                            label=str(name) + ('' if g[m].notna().any() else ' (not run)'))
+            if f'{m} lo' in g and g[f'{m} lo'].notna().any():
+                ax.fill_between(g[x].astype(float), g[f'{m} lo'].astype(float), g[f'{m} hi'].astype(float),
+                                color=line.get_color(), alpha=.15, lw=0)
+            if f'{m} (paper)' in g and g[f'{m} (paper)'].notna().any():
+                ax.plot(g[x], g[f'{m} (paper)'], 'kx', ms=7, mew=2, label='paper')
+        xs = np.sort(pd.to_numeric(table[x], errors='coerce').dropna().unique())
+        if logx: ax.set_xscale('log')
+        if len(xs): ax.set_xticks(xs, [f'{v:g}' for v in xs]); ax.minorticks_off()
+        ax.set_ylim(bottom=0)
+        ax.set_xlabel(x); ax.set_title(m, fontsize=10); ax.grid(alpha=.3)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(title, fontsize=10); fig.tight_layout()
+    return save_figure(fig, path)
