@@ -6,17 +6,21 @@
 from __future__ import annotations
 import numpy as np
 import pandas as pd
-from .metrics import DEFAULT_KS, metric_columns, metric_table, ndcg_at_k, recall_at_k
+from .metrics import (DEFAULT_KS, NOT_MEASURED, bootstrap_ci, format_ci, metric_columns, metric_table,
+                           paired_comparison, plot_bars, plot_lines, pyplot_agg, readable_table, recall_at_k,
+                           save_figure, setting_rows)
 from .text import clip_text, content_words
 from .experiments import RowSpec, experiment_specs, read_trajectories, trajectory_settings
 
 # %% auto #0
 __all__ = ['PAPER_METRICS', 'JUDGE_SYSTEM', 'JUDGE_QUESTIONS', 'MEMORY_NAMES', 'JUDGE_EXAMPLES', 'JUDGE_CONTROLS', 'MEMORY_KINDS',
-           'GLOBAL_HEADING', 'F4_QUANTITIES', 'F4_PAPER', 'F4_PANELS', 'F6_METRICS', 'EVAL_TABLES', 'EvalConfig',
-           'run_data_label', 'experiment_table', 'save_figure', 'pyplot_agg', 'plot_bars', 'plot_lines', 'memory_text',
-           'keyword_contribution', 'judge_prompt', 'parse_judgement', 'prompt_aspects', 'strip_entry_ids',
-           'contribution_inputs', 'heuristic_contribution', 'llm_contribution', 't3_table', 'read_reward_logs',
-           'f4_summary', 'plot_reward_trajectories', 'curve_table', 'f6_table', 'evaluate_run', 'eval_main']
+           'GLOBAL_HEADING', 'F4_QUANTITIES', 'F4_PAPER', 'F4_PANELS', 'F6_METRICS', 'RATE_COLUMNS', 'PAIRED_METRICS',
+           'FINDING_METRICS', 'FINDING_COLUMNS', 'RESULTS_SECTIONS', 'EVAL_TABLES', 'EvalConfig', 'run_data_label',
+           'experiment_table', 'memory_text', 'keyword_contribution', 'judge_prompt', 'parse_judgement',
+           'prompt_aspects', 'strip_entry_ids', 'contribution_inputs', 'heuristic_contribution', 'llm_contribution',
+           't3_table', 'read_reward_logs', 'f4_summary', 'plot_reward_trajectories', 'curve_table', 'f6_table',
+           'with_behaviour_rates', 't1_paired_differences', 'memory_token_finding', 'findings_table',
+           'best_baseline_line', 'write_results', 'evaluate_run', 'eval_main']
 
 # %% ../nbs/07_eval.ipynb #66975467
 import dataclasses, json, os, re, time
@@ -34,8 +38,7 @@ class EvalConfig:
     judge: bool = True                    # T3: also judge with the run's LLM
     judge_llm_section: str = 'llm'        # profile table of the judging LLM ([llm] = the run's LLM)
     judge_queries: int = 0                # queries judged per memory type (0 = all that have that memory)
-    # show a worked yes and no example before each question (small models need them)
-    judge_examples: bool = True
+    judge_examples: bool = True           # a worked yes and no example before each question (small models need them)
     judge_controls: bool = True           # also judge 4 hand-made cases with known answers, to show how far to trust it
     judge_max_new_tokens: int = 24
     judge_memory_chars: int = 600         # memory text shown to the judge
@@ -44,6 +47,8 @@ class EvalConfig:
     scaling_queries: int = 50
     scaling_repeats: int = 3
     scaling_dim: int = 384                # dense search timing on random unit vectors of this dimension
+    bootstrap_samples: int = 1000         # resamples of every interval (over queries; the seed is the run's)
+    ci_level: float = 0.95                # coverage of every interval
 
     def __post_init__(self):
         bad = []
@@ -59,6 +64,8 @@ class EvalConfig:
             bad.append(f"scaling_pool_sizes must be >= 10, got {self.scaling_pool_sizes}")
         if self.scaling_queries < 1 or self.scaling_repeats < 1 or self.scaling_dim < 1:
             bad.append("scaling_queries, scaling_repeats and scaling_dim must be >= 1")
+        if self.bootstrap_samples < 1: bad.append(f"bootstrap_samples must be >= 1, got {self.bootstrap_samples}")
+        if not 0 < self.ci_level < 1: bad.append(f"ci_level must be in (0, 1), got {self.ci_level}")
         if bad: raise ValueError('[eval] ' + '; '.join(bad))
 
 # %% ../nbs/07_eval.ipynb #253e87b0
@@ -82,122 +89,46 @@ def _paper_value(paper: pd.DataFrame | None, key: dict | None, metric: str):
     if len(vals) > 1: raise ValueError(f"paper row {key} {metric} is not unique ({len(vals)} rows)")
     return float(vals.iloc[0]) if len(vals) else np.nan
 
+# %% ../nbs/07_eval.ipynb #9f1e6a3b
 def experiment_table(
     traj: pd.DataFrame,                 # trajectory records (`read_trajectories`)
     rows: list[RowSpec],                # the table's rows
     paper: pd.DataFrame | None = None,  # a paper table (tidy: metric, value, keys), or None
-    metrics=PAPER_METRICS,              # metric columns, each followed by the paper's
+    metrics=PAPER_METRICS,              # metric columns, each followed by its interval and the paper's number
     ks=DEFAULT_KS,                      # cutoffs computed
     per_category: bool = False,         # also one row per category
     data_label: str = '',               # what the numbers are measured on
+    n_boot: int = 1000,                 # bootstrap resamples of each interval
+    seed: int = 0,                      # the resampling seed (the run's)
+    level: float = 0.95,                # the intervals' coverage
 ) -> pd.DataFrame:
-    "Metrics of each row's setting (All, and each category if `per_category`), each beside the paper's number."
+    "Each row's metrics (All, and each category if `per_category`) with bootstrap intervals, beside the paper's."
     label_cols = list(dict.fromkeys(k for r in rows for k in r.labels))
     settings = [r.setting for r in rows if r.setting]
     have = traj[traj['setting'].isin(settings)] if len(traj) else traj
-    wide = pd.DataFrame(columns=['setting', 'category', 'queries', *metrics])
-    if len(have):
-        long = metric_table(have, by=('setting',), ks=ks, per_category=per_category)
-        wide = long.pivot_table(index=['setting', 'category', 'queries'], columns='metric', values='value',
-                                sort=False).reset_index()
+    long = (metric_table(have, ('setting',), ks, per_category, n_boot, seed, level) if len(have)
+            else pd.DataFrame(columns=['setting', 'category', 'queries', 'metric', 'value', 'lo', 'hi']))
     paper_cats = paper is not None and 'category' in paper.columns
     out = []
     for r in rows:
-        sub = wide[wide['setting'] == r.setting]
-        cats = (['All'] + sorted(c for c in sub['category'] if c != 'All')) if len(sub) else ['All']
-        for cat in cats:
-            got = sub[sub['category'] == cat]
+        sub = long[long['setting'] == r.setting]
+        for cat in ['All'] + sorted(c for c in sub['category'].unique() if c != 'All'):
+            got = sub[sub['category'] == cat].set_index('metric')
             row = {**{c: r.labels.get(c, '') for c in label_cols}, 'setting': r.setting or '', 'category': cat,
                    'queries': int(got['queries'].iloc[0]) if len(got) else 0}
             key = None if r.paper is None else {**r.paper, **({'category': cat} if paper_cats else {})}
             for m in metrics:
-                row[m] = float(got[m].iloc[0]) if len(got) else np.nan
+                v = got.loc[m, ['value', 'lo', 'hi']].astype(float).tolist() if m in got.index else [np.nan] * 3
+                row.update(zip((m, f'{m} lo', f'{m} hi'), v))
                 row[f'{m} (paper)'] = _paper_value(paper, key, m)
             row['paper row'] = r.paper_label if r.paper is not None else '(not reported as a number)'
             row['data'] = data_label if r.setting else ''
             missing = 'not run here' if not r.setting else f"no finished trajectories of setting '{r.setting}'"
             row['note'] = '' if len(got) else (r.note or missing)
             out.append(row)
-    return pd.DataFrame(out, columns=[*label_cols, 'setting', 'category', 'queries',
-                                      *[c for m in metrics for c in (m, f'{m} (paper)')],
-                                      'paper row', 'data', 'note'])
-
-# %% ../nbs/07_eval.ipynb #cdce4541
-def save_figure(
-    fig,   # a matplotlib figure
-    path,  # the PNG file
-) -> Path:
-    "Write a matplotlib figure as PNG to `path`, atomically, and close it."
-    import matplotlib.pyplot as plt
-    path = Path(path)
-    with atomic_write(path, 'wb', encoding=None) as f: fig.savefig(f, format='png', dpi=110)
-    plt.close(fig)
-    return path
-
-def pyplot_agg():
-    "matplotlib.pyplot on the Agg backend (files only: no display needed, safe in papermill and on servers)."
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
-    return plt
-
-def plot_bars(
-    table: pd.DataFrame,  # one bar per row
-    label_col: str,       # the column that names the bars
-    metrics,              # one group of bars per metric
-    path,                 # the PNG file
-    title: str,           # the figure's title
-) -> Path:
-    "Grouped bars: one group per metric, one bar per row of `table` (its `label_col`); paper numbers as black crosses."
-    plt = pyplot_agg()
-    metrics = list(metrics)
-    fig, ax = plt.subplots(figsize=(1.6 + 1.9 * len(metrics), 3.6))
-    n, width = len(table), 0.8 / max(len(table), 1)
-    for i, (_, row) in enumerate(table.iterrows()):
-        x = np.arange(len(metrics)) + (i - (n - 1) / 2) * width
-        vals = np.array([row[m] for m in metrics], dtype=float)
-        label = str(row[label_col]) + (' (not run)' if np.isnan(vals).all() else '')
-        ax.bar(x, np.nan_to_num(vals), width * 0.92, label=label)
-        paper = np.array([row.get(f'{m} (paper)', np.nan) for m in metrics], dtype=float)
-        ok = ~np.isnan(paper)
-        if ok.any():
-            ax.plot(x[ok], paper[ok], 'kx', ms=7, mew=2,
-                    label='paper' if i == 0 or 'paper' not in ax.get_legend_handles_labels()[1] else None)
-    ax.set_xticks(np.arange(len(metrics)), metrics); ax.set_ylabel('value'); ax.grid(axis='y', alpha=.3)
-    ax.legend(fontsize=8, ncol=2); ax.set_title(title, fontsize=10)
-    fig.tight_layout()
-    return save_figure(fig, path)
-
-# %% ../nbs/07_eval.ipynb #0311c0a5
-def plot_lines(
-    table: pd.DataFrame,  # tidy rows: `x`, `series` and the metrics
-    x: str,               # the x-axis column
-    series: str,          # one line per value of this column
-    metrics,              # one panel per metric
-    path,                 # the PNG file
-    title: str,           # the figure's title
-    logx: bool = False,   # log-scaled x axis
-    dashed=(),            # series whose name contains one of these are dashed
-) -> Path:
-    "One panel per metric against `x`, one line per `series` value; paper numbers as black crosses."
-    plt = pyplot_agg()
-    metrics = list(metrics)
-    fig, axes = plt.subplots(1, len(metrics), figsize=(3.8 * len(metrics), 3.4), squeeze=False)
-    for ax, m in zip(axes[0], metrics):
-        for name, g in table.groupby(series, sort=False):
-            g = g.sort_values(x)
-            ax.plot(g[x], g[m], 'o--' if any(d in str(name) for d in dashed) else 'o-',
-                    label=str(name) + ('' if g[m].notna().any() else ' (not run)'))
-            if f'{m} (paper)' in g and g[f'{m} (paper)'].notna().any():
-                ax.plot(g[x], g[f'{m} (paper)'], 'kx', ms=7, mew=2, label='paper')
-        xs = np.sort(pd.to_numeric(table[x], errors='coerce').dropna().unique())
-        if logx: ax.set_xscale('log')
-        if len(xs): ax.set_xticks(xs, [f'{v:g}' for v in xs]); ax.minorticks_off()
-        ax.set_ylim(bottom=0)
-        ax.set_xlabel(x); ax.set_title(m, fontsize=10); ax.grid(alpha=.3)
-    axes[0][0].legend(fontsize=8)
-    fig.suptitle(title, fontsize=10); fig.tight_layout()
-    return save_figure(fig, path)
+    cols = [*label_cols, 'setting', 'category', 'queries',
+            *[c for m in metrics for c in (m, f'{m} lo', f'{m} hi', f'{m} (paper)')], 'paper row', 'data', 'note']
+    return pd.DataFrame(out, columns=cols)
 
 # %% ../nbs/07_eval.ipynb #cb049537
 def memory_text(
@@ -413,8 +344,7 @@ def llm_contribution(
                                          cfg.judge_examples)}
                  for i, (measure, q, mem, oth, ans) in enumerate(JUDGE_CONTROLS)]
     answers = llm.generate([j['prompt'] for j in jobs], max_new_tokens=cfg.judge_max_new_tokens, temperature=0.0,
-                           stage=stage,
-                           progress=progress) if jobs else []
+                           stage=stage, progress=progress) if jobs else []
     detail = pd.DataFrame([{'qid': j['qid'], 'memory': j['memory'], 'measure': j['measure'], 'expected': j['expected'],
                             'answer': a.text,
                             **dict(zip(('verdict', 'how'), parse_judgement(a.text)))} for j, a in zip(jobs, answers)],
@@ -497,9 +427,7 @@ def f4_summary(
     cols = ['variant', 'quantity', 'steps', 'first', 'last', 'change', 'paper (Fig. 4)', 'data', 'note']
     tr = log[log['split'] == 'train'] if len(log) else log
     if not len(tr):
-        return pd.DataFrame([{'variant': '', 'quantity': '', 'steps': 0, 'first': np.nan, 'last': np.nan,
-                              'change': np.nan,
-                              'paper (Fig. 4)': '', 'data': data_label,
+        return pd.DataFrame([{'variant': '', 'quantity': '', 'steps': 0, 'paper (Fig. 4)': '', 'data': data_label,
                               'note': 'no RL reward log: the RL stage (06_rl) has not run'}], columns=cols)
     rows = []
     for variant, g in tr.groupby('variant', sort=False):
@@ -523,10 +451,8 @@ def plot_reward_trajectories(
     path: str | os.PathLike,                       # the PNG file
     title: str = 'F4: reward trajectories in RL',  # the figure's title
 ) -> Path:
-    "Write the F4 figure (PNG) from a reward log (`read_reward_log`)."
-    import matplotlib
-    matplotlib.use('Agg')
-    import matplotlib.pyplot as plt
+    "Write the F4 figure (PNG) from a reward log (`read_reward_logs`)."
+    plt = pyplot_agg()
     from matplotlib.ticker import MaxNLocator
     fig, axes = plt.subplots(1, len(F4_PANELS), figsize=(4 * len(F4_PANELS), 3.4))
     for ax, (col, name) in zip(axes, F4_PANELS):
@@ -538,10 +464,7 @@ def plot_reward_trajectories(
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0].legend(fontsize=8)
     fig.suptitle(title, fontsize=11); fig.tight_layout()
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_write(path, 'wb', encoding=None) as f: fig.savefig(f, format='png', dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)   # (atomic_write makes the folder)
 
 # %% ../nbs/07_eval.ipynb #d90e2190
 def curve_table(
@@ -549,20 +472,27 @@ def curve_table(
     rows: list[RowSpec],                   # one line per row's setting
     ks=(10, 20, 50, 100, 200, 500, 1000),  # the cutoffs (x axis)
     data_label: str = '',                  # what the numbers are measured on
+    n_boot: int = 1000,                    # bootstrap resamples of each interval
+    seed: int = 0,                         # the resampling seed
+    level: float = 0.95,                   # the intervals' coverage
 ) -> pd.DataFrame:
-    "R@k and N@k for each k, one line per row's setting (named by its first label); a missing one gets a note row."
+    "R@k and N@k with intervals for each k, one line per row's setting (its first label); a missing one: a note row."
+    cols = ['system', 'setting', 'k', *[c for m in ('R@k', 'N@k') for c in (m, f'{m} lo', f'{m} hi')], 'queries',
+            'data', 'note']
     out = []
     for spec in rows:
         name = next(iter(spec.labels.values()))
         r = traj.loc[traj['setting'] == spec.setting, 'rank'].to_numpy() if len(traj) else np.array([])
         if not len(r):
-            out.append({'system': name, 'setting': spec.setting, 'k': np.nan, 'R@k': np.nan, 'N@k': np.nan,
-                        'queries': 0, 'data': data_label,
+            out.append({'system': name, 'setting': spec.setting, 'queries': 0, 'data': data_label,
                         'note': spec.note or f"no finished trajectories of setting '{spec.setting}'"}); continue
-        out += [{'system': name, 'setting': spec.setting, 'k': k, 'R@k': recall_at_k(r, k).mean(),
-                 'N@k': ndcg_at_k(r, k).mean(),
-                 'queries': len(r), 'data': data_label, 'note': ''} for k in ks]
-    return pd.DataFrame(out, columns=['system', 'setting', 'k', 'R@k', 'N@k', 'queries', 'data', 'note'])
+        per_query = metric_columns(r, ks)
+        mean, ci = per_query.mean(), bootstrap_ci(per_query.to_numpy(), n_boot, seed, level)
+        lo, hi = (pd.Series(v, index=per_query.columns) for v in ci)
+        out += [{'system': name, 'setting': spec.setting, 'k': k, 'queries': len(r), 'data': data_label, 'note': '',
+                 **{f'{m}@k{e}': v[f'{m}@{k}'] for m in 'RN' for e, v in (('', mean), (' lo', lo), (' hi', hi))}}
+                for k in ks]
+    return pd.DataFrame(out, columns=cols)
 
 # %% ../nbs/07_eval.ipynb #67715e5d
 F6_METRICS = ('R@100', 'N@100', 'R@10', 'N@10')
@@ -573,15 +503,195 @@ def f6_table(
     paper: pd.DataFrame | None = None,  # the paper's Table 1, or None
     ks=DEFAULT_KS,                      # cutoffs computed
     data_label: str = '',               # what the numbers are measured on
+    n_boot: int = 1000,                 # bootstrap resamples of each interval
+    seed: int = 0,                      # the resampling seed
+    level: float = 0.95,                # the intervals' coverage
 ) -> pd.DataFrame:
-    "F6: MR.Rec's metrics for each memory top-k (rows labelled 'k=<k>'), the paper's where it gives one."
-    t = experiment_table(traj, rows, paper, metrics=F6_METRICS, ks=ks, data_label=data_label)
+    "F6: MR.Rec's metrics with intervals for each memory top-k (rows 'k=<k>'), the paper's where it gives one."
+    t = experiment_table(traj, rows, paper, F6_METRICS, ks, data_label=data_label, n_boot=n_boot, seed=seed,
+                         level=level)
     t.insert(0, 'memory top-k', t['row'].str.extract(r'k=(\d+)', expand=False).astype(int))
     return t.drop(columns=['row', 'category'])
 
+# %% ../nbs/07_eval.ipynb #82a1bb72
+RATE_COLUMNS = ['format rate', 'memory-call rate', 'fallback rate']
+
+def _recorded(v) -> bool: return v is not None and v == v   # None and NaN are 'not recorded'
+def with_behaviour_rates(
+    table: pd.DataFrame,  # a table with `setting`, `category` and `paper row` columns (T1)
+    traj: pd.DataFrame,   # its trajectory records (`format_ok`, `n_tool_calls`, `fallback`, `method`)
+) -> pd.DataFrame:
+    "`table` with the RATE_COLUMNS shares of each row's setting and category before `paper row`; blank without an LLM."
+    t = traj if len(traj) else pd.DataFrame(columns=['setting', 'category'])
+    col = lambda c: t[c] if c in t else pd.Series(None, index=t.index, dtype=object)
+    calls = pd.to_numeric(col('n_tool_calls'), errors='coerce')
+    per = pd.DataFrame({'setting': t['setting'], 'category': t['category'],
+                        'format rate': col('format_ok').map(lambda v: float(v) if _recorded(v) else np.nan),
+                        'memory-call rate': (calls > 0).astype(float).where(calls.notna()),
+                        'fallback rate': (col('fallback').map(lambda v: float(_recorded(v) and bool(str(v).strip())))
+                                          if 'fallback' in t else np.nan)})
+    llm = (t['method'].ne('query') & col('policy').ne('teacher')) if 'method' in t else col('format_ok').map(_recorded)
+    per.loc[~llm.to_numpy(bool), RATE_COLUMNS] = np.nan
+    rates = pd.concat([per.groupby('setting', sort=False)[RATE_COLUMNS].mean().reset_index().assign(category='All'),
+                       per.groupby(['setting', 'category'], sort=False)[RATE_COLUMNS].mean().reset_index()])
+    out = table.drop(columns=[c for c in RATE_COLUMNS if c in table]).merge(rates, how='left',
+                                                                           on=['setting', 'category'])
+    cols = [c for c in out.columns if c not in RATE_COLUMNS]
+    return out[cols[:cols.index('paper row')] + RATE_COLUMNS + cols[cols.index('paper row'):]]
+
+# %% ../nbs/07_eval.ipynb #5feca5db
+PAIRED_METRICS = ('R@100', 'N@100', 'R@10', 'N@10')
+
+def t1_paired_differences(
+    traj: pd.DataFrame,    # trajectory records
+    rows: list[RowSpec],   # T1's rows (`experiment_specs('T1', ...)`)
+    n_boot: int = 1000,    # bootstrap resamples
+    seed: int = 0,         # the resampling seed
+    level: float = 0.95,   # the intervals' coverage
+    data_label: str = '',  # what the numbers are measured on
+) -> pd.DataFrame:
+    "MR.Rec's T1 row minus each baseline row, paired on their common queries; the best baseline (top R@100) marked."
+    ours = next((r.setting for r in rows if r.labels.get('row') == 'MR.Rec'), None)
+    out = []
+    for r in rows:
+        if not r.setting or r.setting.startswith('mrrec'): continue      # paper-only rows; MR.Rec and its variants
+        base = setting_rows(traj, r.setting)
+        out.append({'baseline': r.labels.get('row', r.setting), 'setting': r.setting, 'MR.Rec setting': ours or '',
+                    'baseline R@100': float(recall_at_k(base['rank'], 100).mean()) if len(base) else np.nan,
+                    **paired_comparison(traj, ours, r.setting, PAIRED_METRICS, n_boot, seed, level),
+                    'data': data_label})
+    t = pd.DataFrame(out, columns=['baseline', 'setting', 'MR.Rec setting', 'baseline R@100', 'queries',
+                                   *[f'{m} {e}' for m in PAIRED_METRICS for e in ('diff', 'lo', 'hi')], 'verdict',
+                                   'evidence', 'data'])
+    t.insert(3, 'best baseline', False)
+    if t['baseline R@100'].notna().any(): t.loc[t['baseline R@100'].astype(float).idxmax(), 'best baseline'] = True
+    return t
+
+# %% ../nbs/07_eval.ipynb #f37afe6b
+FINDING_METRICS = ('R@100', 'N@100')   # the headline metric, and the one shown beside it
+FINDING_COLUMNS = ['claim', 'comparison', 'a', 'b', 'queries',
+                   *[f'{m} {e}' for m in (*FINDING_METRICS, 'memory_tokens') for e in ('diff', 'lo', 'hi')],
+                   'verdict', 'evidence']
+
+def memory_token_finding(
+    traj: pd.DataFrame,   # trajectory records (`memory_tokens`, `has_local_memory`)
+    a: str | None,        # MR.Rec's setting
+    b: str | None,        # a setting that pastes memory (naive, static)
+    b_label: str,         # its row's name
+    n_boot: int = 1000,   # bootstrap resamples
+    seed: int = 0,        # the resampling seed
+    level: float = 0.95,  # the intervals' coverage
+) -> dict:
+    "The T4 claim's row: `b`'s memory tokens per query minus `a`'s (above 0: MR.Rec reads fewer), efficiencies beside."
+    row = {'claim': 'memory tokens are spent efficiently', 'a': a or '', 'b': b or '',
+           'comparison': f"MR.Rec reads fewer memory tokens than '{b_label}' (T4)"}
+    if len(traj) and 'memory_tokens' not in traj:
+        return {**row, 'queries': 0, 'verdict': NOT_MEASURED, 'evidence': 'the records lack memory_tokens'}
+    local = traj[traj['has_local_memory'].eq(True)] if 'has_local_memory' in traj else traj
+    c = paired_comparison(local, b, a, ('memory_tokens', 'R@100'), n_boot, seed, level, digits=1)
+    row.update({k: v for k, v in c.items() if k.startswith(('memory_tokens', 'queries', 'verdict', 'evidence'))})
+    if not c['queries']: return row
+    both = setting_rows(local, a).merge(setting_rows(local, b), on='qid')
+    tok = {s: pd.to_numeric(both[f'memory_tokens_{s}']).mean() for s in 'xy'}
+    eff = {s: 100 * recall_at_k(both[f'rank_{s}'], 100).mean() / t if t > 0 else np.nan for s, t in tok.items()}
+    diff = format_ci(*(c[f'memory_tokens {e}'] for e in ('diff', 'lo', 'hi')), signed=True, digits=1)
+    return {**row, 'evidence': f"{diff} memory tokens per query ({tok['y']:.0f} vs MR.Rec's {tok['x']:.0f}); R@100 "
+            f"per 100 memory tokens {format_ci(eff['x'])} (MR.Rec) vs {format_ci(eff['y'])}; {c['queries']} queries"}
+
+# %% ../nbs/07_eval.ipynb #5a278b82
+def findings_table(
+    traj: pd.DataFrame,   # trajectory records
+    specs: dict,          # experiment -> its RowSpecs ('T1', 'T2', 'F3')
+    n_boot: int = 1000,   # bootstrap resamples
+    seed: int = 0,        # the resampling seed
+    level: float = 0.95,  # the intervals' coverage
+) -> pd.DataFrame:
+    "The paper's claims in its order, each with this run's verdict and evidence (FINDING_COLUMNS)."
+    row = lambda e, label: next((r.setting for r in specs.get(e, []) if r.labels.get('row') == label), None)
+    name = lambda s: next((r.labels['row'] for r in specs.get('T1', []) if r.setting == s), s)
+    mr, full, have = row('T1', 'MR.Rec'), row('F3', 'full'), set(traj['setting']) if len(traj) else set()
+    claims = [('memory beats no memory', f"MR.Rec vs '{name('llm_none')}' (T1)", mr, 'llm_none'),
+              ('reasoning-guided memory beats raw memory', f"MR.Rec vs '{name('llm_naive')}' (T1)", mr, 'llm_naive'),
+              ('reasoning-guided memory beats raw memory', "full vs 'w/o reasoning' (F3)", full,
+               row('F3', 'w/o reasoning (memory by query similarity)'))]
+    if 'mrrec_bc' in have: claims.append(('RL beats no RL', 'RL over the warm start: mrrec_rl vs mrrec_bc',
+                                          'mrrec_rl', 'mrrec_bc'))
+    claims.append(('RL beats no RL', 'RL over the untrained backbone: mrrec_rl vs mrrec', 'mrrec_rl', 'mrrec'))
+    t2 = [r for r in specs.get('T2', []) if r.setting]
+    claims += [('each local-memory level adds', f"'{y.labels['row']}' over '{x.labels['row']}' (T2)", y.setting,
+                x.setting) for x, y in zip(t2, t2[1:])]
+    out = [{'claim': c, 'comparison': what, 'a': a or '', 'b': b or '',
+            **paired_comparison(traj, a, b, FINDING_METRICS, n_boot, seed, level)} for c, what, a, b in claims]
+    out += [memory_token_finding(traj, mr, s, name(s), n_boot, seed, level) for s in ('llm_naive', 'llm_static')]
+    return pd.DataFrame(out, columns=FINDING_COLUMNS)
+
+# %% ../nbs/07_eval.ipynb #279196ce
+RESULTS_SECTIONS = (   # (table, heading, caption, figure), in the paper's order
+    ('t1_overall', "Table 1: overall performance", "Recall and nDCG of each system beside the paper's", None),
+    ('t1_paired_differences', "MR.Rec minus each baseline (T1, paired)", "on the queries both answered", None),
+    ('t2_local_memory', "Table 2: local-memory levels", "MR.Rec with one level of local memory, none, or all", None),
+    ('f3_ablation', "Figure 3: component ablation", "MR.Rec without one component at a time", 'f3_ablation.png'),
+    ('t3_memory_contribution', "Table 3: memory contribution", "shares of MR.Rec's queries whose memory reached "
+     "the profile (MPC) or the bought item (MRC)", None),
+    ('f4_reward_summary', "Figure 4: reward trajectories in RL", "first and last logged RL step",
+     'f4_reward_trajectories.png'),
+    ('f5_retrievers', "Figure 5: item retrievers", "R@k and N@k against the ranking depth k", 'f5_retrievers.png'),
+    ('f6_memory_top_k', "Figure 6: memory top-k", "local-memory entries per tool call", 'f6_memory_top_k.png'),
+    ('t1_by_category', "Table 1, per category", "T1's rows for each category", None))
+
+def _caption(text: str, df: pd.DataFrame, label: str) -> str:
+    "A table's one-line caption: what it shows, the data (synthetic?) and its query count."
+    data = f"{label}, synthetic data" if 'SynthC4' in label else label
+    n = pd.to_numeric(df['queries'], errors='coerce') if 'queries' in df else pd.Series(dtype=float)
+    n = n[n > 0]   # rows that ran
+    q = ('' if 'queries' not in df else '; no row has finished trajectories' if not len(n) else
+         f"; {int(n.min())} queries per row" if n.min() == n.max() else f"; {int(n.min())}-{int(n.max())} queries")
+    return f"*{text}. On {data}{q}.*"
+
+def best_baseline_line(
+    paired: pd.DataFrame,  # `t1_paired_differences`
+) -> str:
+    "The line under T1: MR.Rec minus the best baseline, each metric with its interval, and the verdict."
+    best = paired[paired['best baseline'].astype(bool)] if len(paired) else paired
+    if not len(best): return "**MR.Rec - best baseline**: not measured (no baseline has finished trajectories)."
+    return f"**MR.Rec - best baseline** ('{best['baseline'].iloc[0]}'): {best['evidence'].iloc[0]}: " \
+           f"**{best['verdict'].iloc[0]}**."
+
+# %% ../nbs/07_eval.ipynb #2951ec0d
+def write_results(
+    run: Run,          # the run (its root gets `results.md`)
+    tables: dict,      # this stage's tables by name (`evaluate_run`), `findings` among them
+    cfg: EvalConfig,   # the [eval] settings (the intervals' resamples and level)
+    label: str,        # what the numbers are measured on
+) -> Path:
+    "Write `results.md` at the run's root: the findings with this run's verdicts, then the tables and figures."
+    synthetic = (" SynthC4 is synthetic: the numbers say whether the pipeline works and how the systems order on "
+                 "it, not what the paper's models reach on Amazon-C4." if 'SynthC4' in label else '')
+    lines = [f"# Results: profile `{run.profile.name}`, seed {run.seed}", '', f"Measured on {label}.{synthetic} "
+             f"Brackets are {cfg.ci_level:.0%} percentile-bootstrap intervals over queries ({cfg.bootstrap_samples} "
+             f"resamples, seed {run.seed}); differences are paired on the queries both settings answered. R@100 is "
+             "the headline metric, N@100 beside it.", '', '## Findings', '',
+             "A claim **holds** when the interval of its difference lies above 0, **does not hold** when it lies "
+             "below 0, and *cannot tell at this size* otherwise.", '']
+    lines += [f"- **{r.claim}** - {r.comparison}: **{r.verdict}**. {r.evidence}."
+              for r in tables['findings'].itertuples()]
+    lines += ['', "The memory-token findings are computed from the trajectories: T4 (`08_efficiency`) runs after this "
+              "stage.", '', "[The findings as a table](tables/findings.csv)", '']
+    shown = {s[0] for s in RESULTS_SECTIONS} | {'findings'}
+    others = [(n, n, 'another table of this stage', None) for n in tables if n not in shown]
+    for name, head, caption, fig in [s for s in RESULTS_SECTIONS if s[0] in tables] + others:
+        lines += [f'## {head}', '', _caption(caption, tables[name], label), '', readable_table(tables[name]), '']
+        if name == 't1_overall' and 't1_paired_differences' in tables:
+            lines += [best_baseline_line(tables['t1_paired_differences']), '']
+        if fig and (run.figures / fig).exists(): lines += [f'![{head}](figures/{fig})', '']
+        lines += [f'[CSV](tables/{name}.csv)', '']
+    path = run.root / 'results.md'
+    with atomic_write(path) as f: f.write('\n'.join(lines))
+    return path
+
 # %% ../nbs/07_eval.ipynb #221d3148
-EVAL_TABLES = ('t1_overall', 't1_by_category', 't2_local_memory', 'f3_ablation', 't3_memory_contribution',
-               'f4_reward_summary', 'f5_retrievers', 'f6_memory_top_k')
+EVAL_TABLES = ('t1_overall', 't1_by_category', 't1_paired_differences', 't2_local_memory', 'f3_ablation',
+               't3_memory_contribution', 'f4_reward_summary', 'f5_retrievers', 'f6_memory_top_k', 'findings')
 
 def _model_labels(t: pd.DataFrame, traj: pd.DataFrame, llm_name: str) -> pd.DataFrame:
     "Insert a `model` column after `row`: the run's LLM (+ RL), the retriever alone, or the paper's model."
@@ -592,7 +702,8 @@ def _model_labels(t: pd.DataFrame, traj: pd.DataFrame, llm_name: str) -> pd.Data
         if s not in info.index: return ''
         r = info.loc[s]
         if r.get('method') == 'query': return f"{r.get('retriever', '')} item search (no LLM)"
-        return llm_name + (' + RL' if r.get('policy') == 'trained' else '')
+        if r.get('policy') == 'teacher': return 'scripted teacher (no LLM)'
+        return llm_name + {'trained': ' + RL', 'warm': ' + BC'}.get(r.get('policy'), '')
     t = t.copy()
     t.insert(t.columns.get_loc('row') + 1, 'model', [one(r) for _, r in t.iterrows()])
     return t
@@ -600,8 +711,7 @@ def _model_labels(t: pd.DataFrame, traj: pd.DataFrame, llm_name: str) -> pd.Data
 # %% ../nbs/07_eval.ipynb #aff07e3f
 def _t3_stage(run: Run, cfg: EvalConfig, traj: pd.DataFrame, t1_specs: list[RowSpec], label: str, judge_llm,
               progress: bool) -> pd.DataFrame:
-    "T3's table: MR.Rec's trajectories judged by the heuristic and (if `[eval] judge`) the LLM."
-    # T3: MR.Rec's trajectories (T1's row) and the data stage's items (for the bought item's text)
+    "T3's table: MR.Rec's trajectories (T1's row) judged by the heuristic and (if `[eval] judge`) the LLM."
     t3_setting = next(r.setting for r in t1_specs if r.labels['row'] == 'MR.Rec')
     items = pd.DataFrame(columns=['item_id', 'metadata'])
     if (run.data / 'data_manifest.json').is_file():
@@ -622,17 +732,29 @@ def _t3_stage(run: Run, cfg: EvalConfig, traj: pd.DataFrame, t1_specs: list[RowS
                     notes).assign(setting=t3_setting)
 
 # %% ../nbs/07_eval.ipynb #0017c081
+def _draw_figures(run: Run, t: dict, log: pd.DataFrame, label: str):
+    "F3, F4 (unless 06_rl drew it), F5 and F6 under the run's figures, intervals included."
+    plot_bars(t['f3_ablation'], 'row', PAPER_METRICS, run.figures / 'f3_ablation.png',
+              f'F3: component ablation of MR.Rec, on {label}')
+    if len(log) and not (run.figures / 'f4_reward_trajectories.png').exists():
+        plot_reward_trajectories(log, run.figures / 'f4_reward_trajectories.png',
+                                 f'F4: reward trajectories in RL, on {label}')
+    plot_lines(t['f5_retrievers'], 'k', 'system', ['R@k', 'N@k'], run.figures / 'f5_retrievers.png',
+               f"F5: item retrievers, with MR.Rec's profiles and with the query alone, on {label}", logx=True,
+               dashed=('query only',))
+    plot_lines(t['f6_memory_top_k'].assign(system='MR.Rec'), 'memory top-k', 'system', F6_METRICS,
+               run.figures / 'f6_memory_top_k.png', f'F6: local-memory entries returned per tool call, on {label}')
+
 def evaluate_run(
     run: Run,                       # the run whose trajectories, logs and data are read
     cfg: EvalConfig | None = None,  # [eval] settings; None: the profile's
     judge_llm=None,                 # the T3 judge; None: loaded from `judge_llm_section`
     progress: bool = True,          # show progress bars
 ) -> dict[str, pd.DataFrame]:
-    "Build, write and return T1, T2, F3, T3, F4 (summary), F5 and F6 of `run` (figures under `run.figures`)."
+    "Build, write and return EVAL_TABLES of `run` (figures under `run.figures`), and write its `results.md`."
     from mrrec.llm import llm_config
     from mrrec.agent import AgentConfig
     cfg = cfg or run.profile.section(EvalConfig)
-    acfg = run.profile.section(AgentConfig)
     label = run_data_label(run)
     finished, unfinished = trajectory_settings(run.trajectories)
     if unfinished: print(f"note: settings without a summary (unfinished, left out): {unfinished}")
@@ -641,37 +763,25 @@ def evaluate_run(
         print(f"note: no finished trajectories under {run.trajectories} (run 05c_experiments first): the tables show "
               f"the paper's numbers only")
     avail = set(traj['setting']) if len(traj) else set()
-    specs = lambda e: experiment_specs(e, avail, acfg)
+    specs = {e: experiment_specs(e, avail, run.profile.section(AgentConfig)) for e in ('T1', 'T2', 'F3', 'F5', 'F6')}
+    ci = dict(n_boot=cfg.bootstrap_samples, seed=run.seed, level=cfg.ci_level)
     p1, p2 = paper_numbers('table1_overall'), paper_numbers('table2_local_memory')
     llm_name = llm_config(run.profile).model
-    t = {}
-    t1 = _model_labels(experiment_table(traj, specs('T1'), p1, ks=cfg.ks, per_category=True, data_label=label), traj,
-                       llm_name)
-    t['t1_overall'], t['t1_by_category'] = t1[t1['category'] == 'All'].reset_index(drop=True), t1
-    t['t2_local_memory'] = _model_labels(experiment_table(traj, specs('T2'), p2, ks=cfg.ks, data_label=label), traj,
-                                         llm_name)
-    t['f3_ablation'] = _model_labels(experiment_table(traj, specs('F3'), p2, ks=cfg.ks, data_label=label), traj,
-                                     llm_name)
-    plot_bars(t['f3_ablation'], 'row', PAPER_METRICS, run.figures / 'f3_ablation.png',
-              f'F3: component ablation of MR.Rec, on {label}')
-
-    t['t3_memory_contribution'] = _t3_stage(run, cfg, traj, specs('T1'), label, judge_llm, progress)
-
+    table = lambda e, paper, **kw: _model_labels(experiment_table(traj, specs[e], paper, ks=cfg.ks, data_label=label,
+                                                                  **ci, **kw), traj, llm_name)
+    t1 = with_behaviour_rates(table('T1', p1, per_category=True), traj)
+    t = {'t1_overall': t1[t1['category'] == 'All'].reset_index(drop=True), 't1_by_category': t1,
+         't1_paired_differences': t1_paired_differences(traj, specs['T1'], data_label=label, **ci),
+         't2_local_memory': table('T2', p2), 'f3_ablation': table('F3', p2)}
+    t['t3_memory_contribution'] = _t3_stage(run, cfg, traj, specs['T1'], label, judge_llm, progress)
     log = read_reward_logs(run.logs)
     t['f4_reward_summary'] = f4_summary(log, label)
-    # 06_rl's stage cells draw it; else drawn here
-    if len(log) and not (run.figures / 'f4_reward_trajectories.png').exists():
-        plot_reward_trajectories(log, run.figures / 'f4_reward_trajectories.png',
-                                 f'F4: reward trajectories in RL, on {label}')
-
-    t['f5_retrievers'] = curve_table(traj, specs('F5'), cfg.curve_ks, label)
-    plot_lines(t['f5_retrievers'], 'k', 'system', ['R@k', 'N@k'], run.figures / 'f5_retrievers.png',
-               f"F5: item retrievers, with MR.Rec's profiles and with the query alone, on {label}", logx=True,
-               dashed=('query only',))
-    t['f6_memory_top_k'] = f6_table(traj, specs('F6'), p1, cfg.ks, label)
-    plot_lines(t['f6_memory_top_k'].assign(system='MR.Rec'), 'memory top-k', 'system', F6_METRICS,
-               run.figures / 'f6_memory_top_k.png', f'F6: local-memory entries returned per tool call, on {label}')
+    t['f5_retrievers'] = curve_table(traj, specs['F5'], cfg.curve_ks, label, **ci)
+    t['f6_memory_top_k'] = f6_table(traj, specs['F6'], p1, cfg.ks, label, **ci)
+    t['findings'] = findings_table(traj, specs, **ci)
+    _draw_figures(run, t, log, label)
     for name, df in t.items(): write_table(df, run.tables / name)
+    write_results(run, t, cfg, label)
     return t
 
 # %% ../nbs/07_eval.ipynb #7b5c7130
