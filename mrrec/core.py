@@ -426,7 +426,6 @@ def run_lessons(
         print(f"    lesson {nb.name}: {st['status']} in {st['seconds']} s", flush=True)
     return _status(run, 'lessons.json')
 
-
 # %% ../nbs/00_core.ipynb #bc95d596
 def write_html_report(
     run: Run,                  # a run whose report.md and executed notebooks exist
@@ -451,7 +450,6 @@ def write_html_report(
             f'{mistune.html(report)}</body></html>')
     with atomic_write(run.root / 'index.html') as fh: fh.write(page)
     return run.root / 'index.html'
-
 
 # %% ../nbs/00_core.ipynb #6850d2c8
 def reproduce(
@@ -489,20 +487,26 @@ def reproduce(
 def write_report(
     run: Run,  # the run
 ) -> Path:
-    "Write `report.md` at the run's root from its metadata, stage statuses, tables and figures."
+    "Write `report.md` at the run's root: `results.md` first if there is one, stages, versions, the other tables."
     meta, stages = read_json(run.root / 'run.json'), _status(run)
+    res = run.root / 'results.md'
+    results = res.read_text(encoding='utf-8').strip() if res.is_file() else ''
     lines = [f"# mrrec reproduction: profile `{meta['profile']}`, seed {meta['seed']}", '',
-             run.profile.description, '',
-             f"Started {meta['started']} on {meta['platform']}, Python {meta['python']}.", '',
-             '## Stages', '', '| notebook | status | seconds |', '|---|---|---|']
+             run.profile.description, '']
+    # its headings one level down, under the report's title
+    if results: lines += ['\n'.join('#' + l if l.startswith('#') else l for l in results.splitlines()), '']
+    lines += [f"Started {meta['started']} on {meta['platform']}, Python {meta['python']}.", '',
+              '## Stages', '', '| notebook | status | seconds |', '|---|---|---|']
     def _row(k, v):
         failed = f" (cell {v.get('cell')}: {v.get('error', '')})" if v['status'] != 'ok' else ''
         return f"| {k} | {v['status']}{failed} | {v['seconds']} |"
     lines += [_row(k, v) for k, v in sorted(stages.items())]
     lines += ['', '## Package versions', '', ', '.join(f'{k} {v}' for k, v in meta['packages'].items() if v), '']
     for t in sorted(run.tables.glob('*.md')):
+        if f'tables/{t.stem}.' in results: continue      # shown (and linked) in the results section
         lines += [f'## Table: {t.stem}', '', t.read_text(encoding='utf-8').rstrip(), '']
     for f in sorted(run.figures.glob('*.png')):
+        if f'figures/{f.name}' in results: continue
         lines += [f'## Figure: {f.stem}', '', f'![{f.stem}](figures/{f.name})', '']
     path = run.root / 'report.md'
     with atomic_write(path) as fh: fh.write('\n'.join(lines) + '\n')
