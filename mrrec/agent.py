@@ -4,11 +4,11 @@
 
 # %% ../nbs/05b_agent.ipynb #48b76af6
 from __future__ import annotations
-import json, math, re
+import dataclasses, json, math, re
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 from .core import ConfigError
-from .llm import messages_for_template, parse_tool_calls
+from .llm import Generation, messages_for_template, parse_tool_calls
 from .local_memory import collapse_repeats, parse_entry_id
 from .text import category_text, clip_text, parse_llm_json
 
@@ -20,7 +20,8 @@ __all__ = ['AGENT_PROTOCOLS', 'MEMORY_TOOL_NAME', 'NO_MEMORY_TEXT', 'TOOL_CALL_P
            'memory_tool_fn', 'format_tool_call', 'tool_call_aspects', 'memory_call_aspects', 'tool_result_message',
            'protocol_messages', 'agent_protocol', 'ParsedAnswer', 'parse_answer', 'parse_boxed_answer', 'search_text',
            'agent_system_prompt', 'request_text', 'agent_conversation', 'agent_prompt_fn', 'pasted_conversation',
-           'expansion_conversation', 'token_counter', 'AgentOptions', 'AgentResult', 'run_agent']
+           'expansion_conversation', 'token_counter', 'AgentOptions', 'AgentResult', 'run_agent', 'request_parts',
+           'tool_result_entries', 'ScriptedTeacher']
 
 # %% ../nbs/05b_agent.ipynb #2856c921
 AGENT_PROTOCOLS = ('auto', 'chat_tools', 'text')
@@ -42,6 +43,9 @@ class AgentConfig:
     temperature: float = 0.0                  # 0 = greedy
     repetition_penalty: float = 0.0           # the agent's and baselines' turns (0 = [llm] repetition_penalty)
     one_shot: bool = False                    # a worked example before the request (small models need it)
+    trained_one_shot: bool | None = None      # the example for the teacher, warm-start and RL policies (None: one_shot)
+    trained_max_new_tokens: int = 0           # their tokens per turn (0 = max_new_tokens): an answer copies the memory
+    teacher_aspects: int = 3                  # aspect names the scripted teacher adds to its memory call
     salvage_profile: bool = False             # a malformed answer's readable profile is used before the query fallback
     answer_prefix: bool = False               # every final answer starts with ANSWER_PREFIX, which the model continues
     tool_call_prefix: bool = False            # a turn that may call the tool starts with TOOL_CALL_PREFIX (text)
@@ -52,7 +56,7 @@ class AgentConfig:
         def bad(key, msg): raise ConfigError(f"[{self.section}] {key}: {msg}")
         if self.protocol not in AGENT_PROTOCOLS: bad('protocol', f"{self.protocol!r} is not one of {AGENT_PROTOCOLS}")
         for key in ('entry_chars', 'memory_chars', 'max_aspects', 'max_descriptions', 'max_new_tokens',
-                    'max_tool_calls'):
+                    'max_tool_calls', 'trained_max_new_tokens'):
             if getattr(self, key) < 0: bad(key, f"must be >= 0, got {getattr(self, key)}")
         for key in ('memory_top_k', 'top_items'):
             if getattr(self, key) < 1: bad(key, f"must be >= 1, got {getattr(self, key)}")
@@ -61,6 +65,14 @@ class AgentConfig:
         if self.temperature < 0: bad('temperature', f"must be >= 0, got {self.temperature}")
         if self.repetition_penalty < 0: bad('repetition_penalty',
                                             f"must be > 0, or 0 for [llm]'s, got {self.repetition_penalty}")
+        if self.teacher_aspects < 0: bad('teacher_aspects', f"must be >= 0, got {self.teacher_aspects}")
+
+    def for_policy(self, policy: str) -> 'AgentConfig':
+        "The table as `policy`'s settings read it: the policies that learned the protocol take the `trained_` values."
+        if policy == 'base': return self
+        one_shot = self.one_shot if self.trained_one_shot is None else self.trained_one_shot
+        return dataclasses.replace(self, one_shot=one_shot,
+                                   max_new_tokens=self.trained_max_new_tokens or self.max_new_tokens)
 
 # %% ../nbs/05b_agent.ipynb #8b28a67a
 MEMORY_TOOL_NAME = 'memory_retrieval_tool'
@@ -631,3 +643,78 @@ def run_agent(
         if pending: _serve_calls(convs, out, pending, user_ids, memory, opts, count)
         active = sorted({i for i, _, _ in pending})
     return [_agent_result(o, c) for o, c in zip(out, convs)]
+
+# %% ../nbs/05b_agent.ipynb #0d05eae2
+_ASPECT_LINE = re.compile(r'^- ([^:;\n]+)')
+_ENTRY_LINE = re.compile(r'^\[([^\]\n]+)\]\s*(.*)$')
+
+def request_parts(
+    conversation: list[dict],  # a conversation as the agent sees it
+) -> tuple[str, list[str]]:
+    "(the request, the names of the scenario's aspects) of the last request message in `conversation`."
+    for m in reversed(conversation):
+        lines = (m.get('content') or '').splitlines() if m.get('role') == 'user' else []
+        if lines and lines[0].startswith('Request: '):
+            names = [a.group(1).strip() for l in lines[1:] if (a := _ASPECT_LINE.match(l))]
+            return lines[0][len('Request: '):].strip(), names
+    return '', []
+
+def tool_result_entries(
+    conversation: list[dict],  # a conversation as the agent sees it
+) -> list[tuple[str, str]] | None:
+    ("(entry id, text) of the tool result that follows the last request (text or chat_tools protocol); [] for an empty "
+     "result, None when the tool has not answered yet.")
+    for m in reversed(conversation):
+        c = m.get('content') or ''
+        if m.get('role') == 'tool' or (m.get('role') == 'user' and c.startswith('<tool_response>')):
+            body = c.removeprefix('<tool_response>').removesuffix('</tool_response>').strip()
+            return [(e.group(1), e.group(2).strip()) for l in body.splitlines() if (e := _ENTRY_LINE.match(l.strip()))]
+        if m.get('role') == 'user' and c.startswith('Request: '): return None
+    return None
+
+
+# %% ../nbs/05b_agent.ipynb #ddf32462
+class ScriptedTeacher:
+    """The warm start's demonstrator: a scripted policy that reads the conversation and nothing else. It calls the
+    memory tool with the request and the names of the scenario's aspects, then answers with the request followed by
+    the entries the tool returned. It has no weights and never sees a latent preference, a review or the target."""
+    name = 'scripted_teacher'
+    supports_tools = False   # it writes the text protocol's calls
+
+    def __init__(self,
+                 aspects: int = 3,         # aspect names added to the call after the request
+                 profile_entries: int = 0, # tool-result entries copied into the profile (0 = all)
+                 entry_chars: int = 0):    # each copied entry clipped to this many characters (0 = whole)
+        self.aspects, self.profile_entries, self.entry_chars = aspects, profile_entries, entry_chars
+
+    def call_aspects(self, request: str, names: list[str]) -> str:
+        "What the teacher looks up: the request, then the first `aspects` aspect names."
+        return ', '.join([request.rstrip(' .')] + names[:self.aspects])
+
+    def profile(self, request: str, entries: list[tuple[str, str]]) -> str:
+        "The teacher's ideal item profile: the request, then the entries' texts (ids left out)."
+        texts = [clip_text(t, self.entry_chars) for _, t in entries[:self.profile_entries or None] if t]
+        return ' '.join([request.rstrip(' .') + '.'] + texts)
+
+    def count_tokens(self, texts) -> list[int]: return [math.ceil(len(str(t)) / 4) for t in texts]
+
+    def generate(self, conversations, tools=None, stop=None, **kw) -> list[Generation]:
+        "One turn per conversation; a partial assistant message at the end is continued, as a model would."
+        return [self._turn(c) for c in conversations]
+
+    def _turn(self, conv: list[dict]) -> Generation:
+        start = conv[-1].get('content') or '' if conv and conv[-1]['role'] == 'assistant' else ''
+        seen = conv[:-1] if conv and conv[-1]['role'] == 'assistant' else conv
+        request, names = request_parts(seen)
+        entries = tool_result_entries(seen)
+        offered = bool(seen) and MEMORY_TOOL_NAME in (seen[0].get('content') or '')
+        if entries is None and offered and not start.endswith(ANSWER_PREFIX):
+            text = format_tool_call(self.call_aspects(request, names))
+        else:
+            entries = entries or []
+            text = _answer(self.profile(request, entries), [i for i, _ in entries[:self.profile_entries or None]])
+        if text.startswith(start): text = text[len(start):]
+        elif start.endswith(ANSWER_PREFIX) and text.startswith(ANSWER_PREFIX): text = text[len(ANSWER_PREFIX):]
+        n_in = sum(self.count_tokens([m.get('content') or '' for m in conv]))
+        return Generation(text, input_tokens=n_in, output_tokens=self.count_tokens([text])[0])
+

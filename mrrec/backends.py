@@ -126,7 +126,7 @@ class TransformersLLM(LLM):
         super().__init__(cfg, cache, ledger)
         self.source, self.gguf_file = resolve_llm_source(cfg.model, cfg.gguf_file)
         self.device = resolve_device(cfg.device)
-        self.dtype = resolve_dtype(cfg.dtype, self.device)
+        self.dtype = resolve_dtype(cfg.dtype, self.device, cpu_bf16=True)
         if self.device == 'cpu' and cfg.threads:
             import torch
             torch.set_num_threads(cfg.threads)   # process-wide; see the note on threads above

@@ -31,7 +31,8 @@ __all__ = ['log', 'SPLITS', 'PLAN_FIELDS', 'HISTORY_COLUMNS', 'SPLIT_ORDER_SALT'
 
 # %% ../nbs/01_data.ipynb #8b3eaf0e
 SPLITS = ('train', 'val', 'test')
-PLAN_FIELDS = ('eval_queries', 'rl_train_queries', 'rl_val_queries', 'memory_user_cap')   # `plan_queries` reads these
+# `plan_queries` reads these
+PLAN_FIELDS = ('eval_queries', 'ablation_queries', 'rl_train_queries', 'rl_val_queries', 'memory_user_cap')
 
 @dataclass(frozen=True)
 class DataConfig(SynthConfig):
@@ -54,7 +55,8 @@ class DataConfig(SynthConfig):
     clean_text: bool = True                        # the readers clean text fields (HTML, entities, video markers)
     max_missing_meta: float = 0.2                  # a larger share of history rows without item meta is an error
     # the query plan: which queries the later stages answer (`plan_queries`); not part of the data's signature
-    eval_queries: int = 0                          # test queries every setting answers (0 = all); memory users first
+    eval_queries: int = 0                          # test queries T1's LLM rows answer (0 = all); memory users first
+    ablation_queries: int = 0                      # the first of those that the ablations answer (0 = all of them)
     rl_train_queries: int = 0                      # RL training queries (0 = the whole train split)
     rl_val_queries: int = 0                        # RL validation queries for early stopping (0 = no validation)
     memory_user_cap: int = 0                       # most users whose local memory is built (0 = no cap); first in order
@@ -247,10 +249,12 @@ def memory_first(
 @dataclass(frozen=True)
 class QueryPlan:
     "Which queries each later stage answers, and whose local memory is built for them."
-    test: pd.DataFrame        # every setting's evaluation queries (05c), by qid
+    test: pd.DataFrame        # the evaluation queries of T1's LLM rows (05c), by qid
     train: pd.DataFrame       # RL training queries (06), memory users first
     val: pd.DataFrame | None  # RL validation queries (06); None when the profile validates on none
     memory_users: list[str]   # users whose local memory 03 builds, in priority order
+    ablation: pd.DataFrame | None = None  # the ablations' queries: the first `ablation_queries` of `test`, by qid
+    test_all: pd.DataFrame | None = None  # the whole test split (the rows without an LLM), by qid
 
 def plan_queries(
     queries: pd.DataFrame,             # the data stage's queries (qid, user_id, split, ...)
@@ -267,7 +271,11 @@ def plan_queries(
     train = memory_first(split('train'), have, cfg.rl_train_queries, seed, SPLIT_ORDER_SALT['train'])
     val = memory_first(split('val'), have, cfg.rl_val_queries, seed,
                        SPLIT_ORDER_SALT['val']) if cfg.rl_val_queries else None
-    return QueryPlan(test.sort_values('qid', kind='stable').reset_index(drop=True), train, val, users)
+    by_qid = lambda df: df.sort_values('qid', kind='stable').reset_index(drop=True)
+    n_abl = min(cfg.ablation_queries or len(test), len(test))   # a prefix of the same order: a subset of `test`
+    ablation = memory_first(split('test'), have, n_abl, seed, SPLIT_ORDER_SALT['test']) if n_abl else test
+    return QueryPlan(by_qid(test), train, val, users, by_qid(ablation),
+                     by_qid(memory_first(split('test'), have, 0, seed, SPLIT_ORDER_SALT['test'])))
 
 
 # %% ../nbs/01_data.ipynb #0efbf36b

@@ -17,21 +17,25 @@ from .search import RetrievalConfig, make_retriever, target_ranks
 from .agent import (ANSWER_PREFIX, EXAMPLE_ASPECTS, EXAMPLE_EXPANSION, EXAMPLE_MEMORY, EXAMPLE_PROFILE,
                          EXAMPLE_REQUEST,
                          EXPANSION_FORMAT, EXPANSION_MEMORY_HEADS, EXPANSION_SYSTEM, NO_MEMORY_TEXT, PASTED_SYSTEM,
-                         TOOL_CALL_PREFIX, AgentConfig, AgentOptions, agent_conversation, agent_protocol,
+                         TOOL_CALL_PREFIX, AgentConfig, AgentOptions, ScriptedTeacher, agent_conversation,
+                         agent_protocol,
                          agent_system_prompt, expansion_conversation, format_memory_entries, format_tool_call,
                          lookup_memory, memory_tool_schema, pasted_conversation, request_text, run_agent, search_text,
                          token_counter)
 
 # %% auto #0
-__all__ = ['SETTING_METHODS', 'EXPERIMENT_ROWS', 'AGENT_VERSION', 'TRAJECTORY_REQUIRED', 'TRAJECTORY_COLUMNS', 'PAPER_ROWS',
-           'PAPER_ONLY_T1', 'PAPER_ONLY_REASON', 'Setting', 'settings_registry', 'experiment_rows', 'StageContext',
-           'setting_conversations', 'run_setting', 'prompts_fingerprint', 'setting_signature', 'trajectory_paths',
-           'run_settings', 'TrajectoryFormatError', 'check_trajectory_record', 'trajectory_settings',
-           'read_trajectories', 'open_memories', 'stage_context', 'stage_signature', 'select_settings', 'run_retrieval',
-           'settings_metrics', 'retrieve_main', 'RowSpec', 'experiment_settings', 'experiment_specs']
+__all__ = ['SETTING_METHODS', 'SETTING_POLICIES', 'SETTING_QUERIES', 'EXPERIMENT_ROWS', 'AGENT_VERSION', 'TRAJECTORY_REQUIRED',
+           'TRAJECTORY_COLUMNS', 'PAPER_ROWS', 'PAPER_ONLY_T1', 'PAPER_ONLY_REASON', 'Setting', 'settings_registry',
+           'row_setting', 'experiment_rows', 'StageContext', 'setting_conversations', 'run_setting',
+           'prompts_fingerprint', 'setting_signature', 'trajectory_paths', 'run_settings', 'TrajectoryFormatError',
+           'check_trajectory_record', 'trajectory_settings', 'read_trajectories', 'open_memories', 'stage_context',
+           'stage_signature', 'select_settings', 'run_retrieval', 'settings_metrics', 'retrieve_main', 'RowSpec',
+           'experiment_settings', 'experiment_specs']
 
 # %% ../nbs/05c_experiments.ipynb #35ac7545
 SETTING_METHODS = ('query', 'expansion', 'pasted', 'agent')
+SETTING_POLICIES = ('base', 'teacher', 'warm', 'trained')   # who answers: see `Setting.policy`
+SETTING_QUERIES = ('eval', 'ablation', 'all')                # which of the query plan's sets a setting answers
 
 @dataclass(frozen=True)
 class Setting:
@@ -44,7 +48,8 @@ class Setting:
     use_global: bool = True                      # agent, pasted: global aspects in the prompt
     top_k: int | None = None                     # memory entries per call (None = [agent] memory_top_k)
     retriever: str | None = None                 # item search (None = [retrieval] retriever)
-    policy: str = 'base'                         # 'base' ([llm] model) or 'trained' (the RL policy)
+    policy: str = 'base'                         # 'base' ([llm] model), 'teacher', 'warm' (BC), 'trained' (RL)
+    queries: str = 'eval'                        # T1's queries, the ablations' subset of them, or the whole test split
 
     def __post_init__(self):
         def bad(msg): raise ValueError(f"setting {self.name}: {msg}")
@@ -53,7 +58,8 @@ class Setting:
         if self.method not in SETTING_METHODS: bad(f"method must be one of {SETTING_METHODS}, got {self.method!r}")
         if self.memory not in ('none', 'naive', 'static'): bad("memory must be none, naive or static")
         if any(l not in LOCAL_LEVELS for l in self.levels): bad(f"levels must be a subset of {LOCAL_LEVELS}")
-        if self.policy not in ('base', 'trained'): bad("policy must be 'base' or 'trained'")
+        if self.policy not in SETTING_POLICIES: bad(f"policy must be one of {SETTING_POLICIES}, got {self.policy!r}")
+        if self.queries not in SETTING_QUERIES: bad(f"queries must be one of {SETTING_QUERIES}, got {self.queries!r}")
 
     @property
     def uses_llm(self) -> bool: return self.method != 'query'
@@ -65,48 +71,68 @@ _LEVEL_SETTING = {(): 'mrrec_wo_local', ('record',): 'mrrec_records', ('pattern'
 def settings_registry(
     cfg: AgentConfig | None = None,  # the [agent] table (its f6_top_k, memory_top_k)
     trained: bool = False,           # add the `_rl` copies of the agent settings
+    warm: bool = False,              # add `mrrec_bc`, the warm-start policy
 ) -> dict[str, Setting]:
-    "Every setting of the stage (the `_rl` copies of the agent settings when `trained`)."
+    "Every setting of the stage (`mrrec_bc` when `warm`, the `_rl` copies of the agent settings when `trained`)."
     cfg = cfg or AgentConfig()
-    s = [Setting('query_dense', 'query', 'query only, dense retriever (BLAIR-style)', retriever='dense'),
-         Setting('query_bm25', 'query', 'query only, BM25', retriever='bm25'),
+    s = [Setting('query_dense', 'query', 'query only, dense retriever (BLAIR-style)', retriever='dense', queries='all'),
+         Setting('query_bm25', 'query', 'query only, BM25', retriever='bm25', queries='all'),
          Setting('llm_none', 'expansion', 'LLM query expansion, no memory (Rec-R1-style prompt)'),
          Setting('llm_naive', 'expansion', 'LLM query expansion with the naive memory (latest 10 interactions)',
                  memory='naive'),
          Setting('llm_static', 'expansion', 'LLM query expansion with the static memory (LLM summary)',
                  memory='static'),
-         Setting('mrrec_wo_reasoning', 'pasted', 'memory found by query similarity, pasted; no reasoning or tool')]
+         Setting('mrrec_wo_reasoning', 'pasted', 'memory found by query similarity, pasted; no reasoning or tool',
+                 queries='ablation')]
     for levels, name in _LEVEL_SETTING.items():
         about = 'MR.Rec' if name == 'mrrec' else f"MR.Rec, local levels {list(levels) or 'none'}"
-        s.append(Setting(name, 'agent', about, levels=levels))
-    s += [Setting('mrrec_wo_global', 'agent', 'MR.Rec without global memory', use_global=False),
-          Setting('mrrec_bm25', 'agent', 'MR.Rec, BM25 item search', retriever='bm25')]
-    s += [Setting(f'mrrec_k{k}', 'agent', f'MR.Rec, memory top-{k}', top_k=k)
+        s.append(Setting(name, 'agent', about, levels=levels, queries='ablation'))
+    s += [Setting('mrrec_wo_global', 'agent', 'MR.Rec without global memory', use_global=False, queries='ablation'),
+          Setting('mrrec_bm25', 'agent', 'MR.Rec, BM25 item search', retriever='bm25', queries='ablation')]
+    s += [Setting(f'mrrec_k{k}', 'agent', f'MR.Rec, memory top-{k}', top_k=k, queries='ablation')
           for k in cfg.f6_top_k if k != cfg.memory_top_k]
-    if trained:
-        s += [dataclasses.replace(x, name=f'{x.name}_rl', policy='trained', about=f'{x.about} (RL-trained policy)')
-              for x in list(s) if x.method == 'agent']
+    base_agents = [x for x in s if x.method == 'agent']
+    s.append(Setting('mrrec_teacher', 'agent', "MR.Rec's protocol, scripted teacher (the warm start's demonstrations)",
+                     policy='teacher'))
+    if warm: s.append(Setting('mrrec_bc', 'agent', 'MR.Rec, warm-start policy (behaviour cloning)', policy='warm'))
+    if trained:   # MR.Rec's own row is T1's: its trained copy answers T1's queries
+        s += [dataclasses.replace(x, name=f'{x.name}_rl', policy='trained', about=f'{x.about} (RL-trained policy)',
+                                  queries='eval' if x.name == 'mrrec' else x.queries) for x in base_agents]
     return {x.name: x for x in s}
 
+
 # %% ../nbs/05c_experiments.ipynb #f95d01e2
-# (experiment, row, setting, the trained policy's copy fills the row when it exists)
+# (experiment, row, setting, the trained policy's copy fills the row when it exists); a tuple of settings: the first
+# that was run fills the row (F3's 'w/o RL' is the warm-start policy when there is one, else the untrained backbone)
 EXPERIMENT_ROWS = (
     ('T1', 'dense retriever, query only (BLAIR-style)', 'query_dense', False),
     ('T1', 'LLM, no memory (Rec-R1-style expansion)', 'llm_none', False),
     ('T1', 'LLM, naive memory (latest 10)', 'llm_naive', False),
     ('T1', 'LLM, static memory (summary)', 'llm_static', False),
+    ('T1', 'scripted teacher (warm-start data)', 'mrrec_teacher', False),
+    ('T1', 'MR.Rec, warm start (BC)', 'mrrec_bc', False),
     ('T1', 'MR.Rec', 'mrrec', True),
     *(('T2', row, _LEVEL_SETTING[levels], True) for row, levels in T2_VARIANTS.items()),
     ('F3', 'w/o local', 'mrrec_wo_local', True),
     ('F3', 'w/o global', 'mrrec_wo_global', True),
     ('F3', 'w/o reasoning (memory by query similarity)', 'mrrec_wo_reasoning', False),
-    ('F3', 'w/o RL', 'mrrec', False),
+    ('F3', 'w/o RL', ('mrrec_bc', 'mrrec'), False),
     ('F3', 'full', 'mrrec_rl', False),
     ('F5', 'MR.Rec, dense', 'mrrec', True),
     ('F5', 'MR.Rec, BM25', 'mrrec_bm25', True),
     ('F5', 'query only, dense', 'query_dense', False),
     ('F5', 'query only, BM25', 'query_bm25', False),
 )
+
+def row_setting(
+    name: str | tuple[str, ...],  # an EXPERIMENT_ROWS setting (a tuple: candidates, first choice first)
+    prefer_trained: bool,         # the `_rl` copy fills the row when it was run
+    have: set,                    # the settings that were run
+) -> str:
+    "The setting that fills a row: the `_rl` copy if preferred and run, else the first candidate run, else the last."
+    names = name if isinstance(name, tuple) else (name,)
+    if prefer_trained and f'{names[0]}_rl' in have: return f'{names[0]}_rl'
+    return next((n for n in names if n in have), names[-1])
 
 def experiment_rows(
     available: Sequence[str],        # the settings that were run
@@ -118,7 +144,7 @@ def experiment_rows(
                                     for k in cfg.f6_top_k]
     out = []
     for exp, row, name, prefer_trained in rows:
-        pick = f'{name}_rl' if prefer_trained and f'{name}_rl' in have else name
+        pick = row_setting(name, prefer_trained, have)
         if pick in have: out.append({'experiment': exp, 'row': row, 'setting': pick})
     return pd.DataFrame(out, columns=['experiment', 'row', 'setting'])
 
@@ -135,10 +161,12 @@ class StageContext:
     embedder: object
     cfg: AgentConfig
     rcfg: RetrievalConfig
-    llm_factory: Callable[[str], object] | None = None   # policy ('base' | 'trained') -> LLM
+    llm_factory: Callable[[str], object] | None = None   # policy ('base' | 'warm' | 'trained') -> LLM
     cache_dir: Path | None = None
     seed: int = 0
     policy_id: str | None = None             # identity of the trained policy (path and timestamp), for signatures
+    warm_policy_id: str | None = None        # identity of the warm-start policy
+    query_sets: dict = field(default_factory=dict)   # SETTING_QUERIES name -> queries ('eval' is `queries`)
     retrievers: dict = field(default_factory=dict)
     llms: dict = field(default_factory=dict)
 
@@ -149,7 +177,14 @@ class StageContext:
                                                    cache_dir=self.cache_dir, seed=self.seed)
         return self.retrievers[name]
 
+    def for_setting(self, setting: Setting) -> 'StageContext':
+        "This context with the queries `setting` answers (the LLMs and retrievers made so far are shared)."
+        q = self.query_sets.get(setting.queries)
+        return self if q is None or setting.queries == 'eval' else dataclasses.replace(self, queries=q)
+
     def llm(self, policy: str):
+        if policy == 'teacher' and policy not in self.llms:   # scripted: nothing to load
+            self.llms[policy] = ScriptedTeacher(self.cfg.teacher_aspects)
         if policy not in self.llms:
             if self.llm_factory is None: raise RuntimeError("this StageContext has no llm_factory: LLM settings cannot "
                                                             "run")
@@ -179,7 +214,7 @@ def setting_conversations(
 ) -> tuple[list[list[dict]], list[dict]]:
     ("First-turn conversations of an LLM setting, and per query what the prompt carries: local memory (text, ids, "
      "entries), global aspects.")
-    cfg, q = ctx.cfg, ctx.queries
+    cfg, q = ctx.cfg.for_policy(setting.policy), ctx.queries
     if setting.method == 'expansion':
         texts = [_memory_block(ctx.memory, u, setting.memory, cfg.memory_chars) if setting.memory != 'none' else ''
                  for u in q['user_id'].astype(str)]
@@ -207,7 +242,7 @@ def setting_conversations(
 # %% ../nbs/05c_experiments.ipynb #ac9e7f86
 def _llm_answers(setting: Setting, ctx: StageContext, progress: bool | None) -> tuple[list, list[dict], str, str]:
     "An LLM setting's agent results, per query what its prompt carried, the protocol and the token-count method."
-    q, cfg = ctx.queries, ctx.cfg
+    q, cfg = ctx.queries, ctx.cfg.for_policy(setting.policy)
     llm = ctx.llm(setting.policy)
     protocol = agent_protocol(cfg.protocol, llm)
     if cfg.tool_call_prefix and protocol != 'text':
@@ -321,7 +356,7 @@ def setting_signature(
     glob = getattr(ctx.global_memory, 'manifest', {}) or {}
     cfg = {k: v for k, v in dataclasses.asdict(ctx.cfg).items() if k not in ('settings',
             'policy')}   # which settings run; the policy is below
-    policy = ctx.policy_id if setting.policy == 'trained' else None
+    policy = {'trained': ctx.policy_id, 'warm': ctx.warm_policy_id}.get(setting.policy)
     return stable_hash(AGENT_VERSION, prompts_fingerprint(), dataclasses.asdict(setting), cfg,
                        dataclasses.asdict(ctx.rcfg), policy,
                        ctx.queries['qid'].astype(str).tolist(), ctx.queries['item_id'].astype(str).tolist(),
@@ -351,10 +386,11 @@ def run_settings(
     for s in bar:
         bar.set_postfix_str(s.name)
         rec_path, sum_path = trajectory_paths(folder, s.name)
-        sig = setting_signature(s, ctx, extra_signature)
+        sctx = ctx.for_setting(s)
+        sig = setting_signature(s, sctx, extra_signature)
         if not force and sum_path.exists() and rec_path.exists() and read_json(sum_path).get('signature') == sig:
             rows.append({**read_json(sum_path)['summary'], 'status': 'skipped'}); continue
-        records, summary = run_setting(s, ctx, progress=None if progress else False)
+        records, summary = run_setting(s, sctx, progress=None if progress else False)
         write_jsonl(records, rec_path)
         write_json({'signature': sig, 'setting': dataclasses.asdict(s), 'summary': summary}, sum_path)
         rows.append({**summary, 'status': 'ran'})
@@ -519,10 +555,11 @@ def stage_context(
     rcfg: RetrievalConfig | None = None,  # [retrieval] table (default: the profile's)
     embedder=None,                        # the embedder (default: the run one)
     policy: str | None = None,            # trained policy folder (default: [agent] policy)
+    warm_policy: str | None = None,       # warm-start policy folder (the warm-start stage's)
     build_memory: bool = True,            # build missing memory stores
 ) -> StageContext:
-    ("The run's StageContext: test queries (the run's query plan, `[data] eval_queries`), pool, memories, embedder, "
-     "LLM factories.")
+    ("The run's StageContext: the query plan's test queries (T1's, the ablations', the whole split), pool, memories, "
+     "embedder, LLM factories.")
     from mrrec.data import DataConfig, plan_queries, prepare_data
     from mrrec.backends import load_llm_for_run
     from mrrec.embed import load_embedder_for_run
@@ -532,13 +569,16 @@ def stage_context(
     bundle = prepare_data(run, progress=False)
     embedder = embedder or load_embedder_for_run(run)
     memory, glob = open_memories(run, embedder, bundle, build=build_memory)
-    queries = plan_queries(bundle.queries, run.profile.section(DataConfig), run.seed, memory.users).test
+    plan = plan_queries(bundle.queries, run.profile.section(DataConfig), run.seed, memory.users)
     def llm_factory(which: str):
         if which == 'base': return load_llm_for_run(run)
-        if not policy: raise ConfigError("a trained-policy setting needs a policy: pass policy= or set [agent] policy")
-        return load_llm_for_run(run, model=str(policy), gguf_file='')
-    return StageContext(queries, bundle.items, memory, glob, embedder, cfg, rcfg, llm_factory, run.cache, run.seed,
-                        _policy_id(policy))
+        folder = warm_policy if which == 'warm' else policy
+        if not folder: raise ConfigError(f"a '{which}'-policy setting needs its policy folder: pass "
+                                         f"{'warm_policy' if which == 'warm' else 'policy'}= (or set [agent] policy)")
+        return load_llm_for_run(run, model=str(folder), gguf_file='')
+    return StageContext(plan.test, bundle.items, memory, glob, embedder, cfg, rcfg, llm_factory, run.cache, run.seed,
+                        _policy_id(policy), _policy_id(warm_policy),
+                        {'eval': plan.test, 'ablation': plan.ablation, 'all': plan.test_all})
 
 # %% ../nbs/05c_experiments.ipynb #d7695341
 def stage_signature(
@@ -553,14 +593,16 @@ def select_settings(
     cfg: AgentConfig,                    # the [agent] table
     names: Sequence[str] | None = None,  # setting names (default: [agent] settings, else all)
     trained: bool = False,               # the `_rl` settings exist
+    warm: bool = False,                  # `mrrec_bc` exists
 ) -> list[Setting]:
-    "The settings to run: `names`, else `[agent] settings`, else all (with the `_rl` ones when `trained`)."
-    reg = settings_registry(cfg, trained)
+    "The settings to run: `names`, else `[agent] settings`, else all (`mrrec_bc` when `warm`, `_rl` when `trained`)."
+    reg = settings_registry(cfg, trained, warm)
     names = list(names or cfg.settings or reg)
     unknown = [n for n in names if n not in reg]
     if unknown:
         raise ConfigError(f"unknown setting(s) {unknown}; known: {sorted(reg)}"
-                          + ('' if trained else " (the _rl settings need a policy)"))
+                          + ('' if trained else " (the _rl settings need a policy)")
+                          + ('' if warm else " (mrrec_bc needs the warm-start policy)"))
     return [reg[n] for n in names]
 
 def run_retrieval(
@@ -568,13 +610,14 @@ def run_retrieval(
     settings: Sequence[str] | None = None,  # setting names (default: [agent] settings, else all)
     ctx: StageContext | None = None,        # a stage context (default: `stage_context(run)`)
     policy: str | None = None,              # trained policy folder
+    warm_policy: str | None = None,         # warm-start policy folder
     force: bool = False,                    # rerun finished settings
     progress: bool = True,                  # progress bars
 ) -> tuple[pd.DataFrame, StageContext]:
     ("Run the settings on the run's test queries into `run.trajectories`; (summaries with status ran / skipped, "
      "context).")
-    ctx = ctx or stage_context(run, policy=policy)
-    chosen = select_settings(ctx.cfg, settings, trained=ctx.policy_id is not None)
+    ctx = ctx or stage_context(run, policy=policy, warm_policy=warm_policy)
+    chosen = select_settings(ctx.cfg, settings, trained=ctx.policy_id is not None, warm=ctx.warm_policy_id is not None)
     summary = run_settings(ctx, chosen, run.trajectories, stage_signature(run), force=force, progress=progress)
     return summary, ctx
 
@@ -654,8 +697,7 @@ def experiment_settings(
     cfg, have = agent_cfg or AgentConfig(), set(available)
     rows = list(EXPERIMENT_ROWS) + [('F6', f'k={k}', 'mrrec' if k == cfg.memory_top_k else f'mrrec_k{k}',
                                      True) for k in cfg.f6_top_k]
-    return pd.DataFrame([{'experiment': e, 'row': r, 'setting': f'{n}_rl' if pref and f'{n}_rl' in have else n} for e,
-                         r, n, pref in rows],
+    return pd.DataFrame([{'experiment': e, 'row': r, 'setting': row_setting(n, pref, have)} for e, r, n, pref in rows],
                         columns=['experiment', 'row', 'setting'])
 
 def experiment_specs(
@@ -668,7 +710,8 @@ def experiment_specs(
     out = []
     for r in experiment_settings(available, agent_cfg).query('experiment == @experiment').itertuples():
         paper, plabel = PAPER_ROWS.get((experiment, r.row), (None, ''))
-        note = "needs the RL stage's trained policy" if r.setting.endswith('_rl') else ''
+        note = ("needs the RL stage's trained policy" if r.setting.endswith('_rl') else
+                "needs the warm-start stage's policy" if r.setting == 'mrrec_bc' else '')
         out.append(RowSpec(r.setting, {label: r.row}, paper, plabel, note))
     if experiment == 'T1':
         words = {'none': 'no memory', 'naive': 'naive memory', 'static': 'static memory'}

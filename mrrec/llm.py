@@ -18,7 +18,7 @@ _log = logging.getLogger('mrrec.llm')
 # %% auto #0
 __all__ = ['LLM_BACKENDS', 'API_DIALECTS', 'DTYPES', 'LLM_ALIASES', 'EMBED_ALIASES', 'LEDGER_FIELDS', 'KEY_VERSION', 'LLMConfig',
            'EmbedConfig', 'llm_config', 'package_folder', 'resolve_llm_source', 'resolve_embed_source',
-           'resolve_device', 'resolve_dtype', 'Generation', 'normalise_tool_call', 'parse_tool_calls',
+           'resolve_device', 'native_bf16', 'resolve_dtype', 'Generation', 'normalise_tool_call', 'parse_tool_calls',
            'template_supports_tools', 'tools_system_prompt', 'messages_for_template', 'ResponseCache', 'Ledger',
            'run_ledger', 'SamplingParams', 'continues_final_message', 'row_seeds', 'request_key', 'check_conversations',
            'LLM', 'GenOut', 'generate_batch', 'model_id', 'llm_identity', 'LazyLLM', 'TextGenerator', 'TextEncoder']
@@ -169,16 +169,26 @@ def resolve_device(
         raise ConfigError(f"device {device!r}: no CUDA GPU is visible")
     return device
 
+def native_bf16(
+    device: str = 'cpu',   # the resolved device
+) -> bool:
+    "Whether bfloat16 matrix products are native on `device`: a GPU with bf16, or a CPU with AVX512-BF16 or AMX."
+    import torch
+    if device.startswith('cuda'): return torch.cuda.is_bf16_supported()
+    if device != 'cpu': return False
+    try: flags = Path('/proc/cpuinfo').read_text()
+    except OSError: return False
+    return any(f in flags.split() for f in ('avx512_bf16', 'amx_bf16'))
+
 def resolve_dtype(
-    dtype: str,    # 'auto' or a torch dtype name
-    device: str,   # the resolved device
+    dtype: str,              # 'auto' or a torch dtype name
+    device: str,             # the resolved device
+    cpu_bf16: bool = False,  # 'auto' on a CPU with native bfloat16 is bfloat16 (the generators; not the encoder)
 ) -> str:
-    "'auto' -> bfloat16 on a GPU that has it (else float16), float32 on CPU."
+    "'auto' -> bfloat16 on a GPU that has it (else float16); on CPU float32, or bfloat16 if `cpu_bf16` and native."
     if dtype != 'auto': return dtype
-    if device.startswith('cuda'):
-        import torch
-        return 'bfloat16' if torch.cuda.is_bf16_supported() else 'float16'
-    return 'float32'
+    if device.startswith('cuda'): return 'bfloat16' if native_bf16(device) else 'float16'
+    return 'bfloat16' if cpu_bf16 and native_bf16(device) else 'float32'
 
 # %% ../nbs/02_llm.ipynb #2a9bdaa2
 _TOOL_CALL_RE = re.compile(r'<tool_call>\s*(.*?)\s*(?:</tool_call>|$)', re.S)
@@ -685,8 +695,10 @@ def llm_identity(
     cfg,   # an `LLMConfig` (or anything with its fields)
 ) -> str:
     "What determines an LLM's answers, from its config alone (a store is recognised without loading the model)."
-    ident = '|'.join(str(getattr(cfg, k, '')) for k in ('backend', 'model', 'gguf_file', 'dtype', 'temperature',
-                                                         'top_p'))
+    fields = {k: getattr(cfg, k, '') for k in ('backend', 'model', 'gguf_file', 'dtype', 'temperature', 'top_p')}
+    if fields['backend'] == 'transformers' and fields['dtype'] == 'auto':   # 'auto' is float32 or bfloat16 by machine
+        fields['dtype'] = resolve_dtype('auto', resolve_device(getattr(cfg, 'device', 'auto')), cpu_bf16=True)
+    ident = '|'.join(map(str, fields.values()))
     rp = getattr(cfg, 'repetition_penalty', 1.0)
     return ident if rp == 1.0 else f"{ident}|rp={rp}"     # the neutral value leaves older identities (and stores) valid
 

@@ -12,11 +12,12 @@ import numpy as np
 import pandas as pd
 from .core import (ConfigError, Run, atomic_write, load_profile, read_json, run_arg_parser, start_run,
                         stable_hash, write_json, write_table)
+from .warmstart import WarmStartConfig, load_policy, warm_policy
 
 # %% auto #0
 __all__ = ['PROTOCOLS', 'VARIANTS', 'QUERY_COLUMNS', 'F4_COLUMNS', 'POLICY_META', 'RLConfig', 'exact_target_ranks',
            'EmbeddingRanker', 'MemoryEnv', 'memory_env_factory', 'answer_texts', 'memory_call_counts',
-           'make_reward_funcs', 'load_policy', 'tool_turn_ids', 'MemoryGRPOTrainer', 'make_text_rollout', 'RecTask',
+           'make_reward_funcs', 'tool_turn_ids', 'MemoryGRPOTrainer', 'make_text_rollout', 'RecTask',
            'supports_trl_tools', 'resolve_protocol', 'rl_dataset', 'grpo_args', 'lora_config', 'build_trainer',
            'mask_spans', 'tool_turn_renderer', 'verify_tool_mask', 'masked_logp_gradients', 'rollout_tool_results',
            'task_from_run', 'RewardLogCallback', 'read_reward_log', 'policy_dir', 'trained_policy', 'variant_model',
@@ -240,22 +241,6 @@ def make_reward_funcs(
         return [float(n > 0) for n in memory_call_counts(completions, kw)]
 
     return [format_reward, ndcg_reward, memory_reward]
-
-# %% ../nbs/06_rl.ipynb #2c5b142b
-def load_policy(
-    model: str,              # alias, Hugging Face id or folder
-    dtype: str = 'float32',  # torch dtype of the weights
-):
-    "(model, tokenizer) ready for GRPO: weights in `dtype`, left padding, a pad token."
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from mrrec.backends import local_model_folder
-    src = local_model_folder(model)
-    tok = AutoTokenizer.from_pretrained(src)
-    policy = AutoModelForCausalLM.from_pretrained(src, dtype=getattr(torch, dtype))
-    tok.padding_side = 'left'   # trl generates from left-padded prompts
-    if tok.pad_token is None: tok.pad_token = tok.eos_token
-    return policy, tok
 
 # %% ../nbs/06_rl.ipynb #996615a5
 def _chat_ids(tokenizer, messages, add_generation_prompt: bool) -> list[int]:
@@ -660,6 +645,7 @@ def train_rl(
     variant: str = 'instruct',             # 'instruct' or 'base'
     resume: bool = True,                   # resume from checkpoints; False starts over
     callbacks: list | None = None,         # extra transformers callbacks
+    start_from: str | os.PathLike | None = None,  # a policy folder to start from (the warm start); None: the backbone
     **arg_overrides,                       # GRPOConfig fields set last
 ) -> dict:
     "Train `variant` with GRPO under `run` (resuming from its last checkpoint); returns the saved policy's metadata."
@@ -674,14 +660,17 @@ def train_rl(
     import torch
     if cfg.threads and not torch.cuda.is_available():
         torch.set_num_threads(cfg.threads)   # process-wide: on a shared 2-core machine two threads stall each other
-    model, tok = load_policy(model_name, cfg.dtype)
+    model, tok = load_policy(str(start_from) if start_from else model_name, cfg.dtype)
     trainer = build_trainer(task, cfg, model, tok, train_rows, out_dir, run.seed, val_rows,
                             callbacks=[RewardLogCallback(log_path, variant, cfg)] + list(callbacks or []),
                             **arg_overrides)
     last = get_last_checkpoint(str(out_dir)) if out_dir.is_dir() else None
     t0 = time.time()
+    # F4's step 0: the starting policy's validation reward, so that the curve says what training changed
+    if last is None and trainer.eval_dataset is not None: trainer.evaluate()
     result = trainer.train(resume_from_checkpoint=last)
-    meta = {'variant': variant, 'model': model_name, 'protocol': trainer.mrrec_protocol, 'seed': run.seed,
+    meta = {'variant': variant, 'model': model_name, 'started_from': str(start_from) if start_from else model_name,
+            'protocol': trainer.mrrec_protocol, 'seed': run.seed,
             'steps': trainer.state.global_step, 'epochs': trainer.state.epoch, 'resumed_from': last,
             'best_checkpoint': trainer.state.best_model_checkpoint, 'best_metric': trainer.state.best_metric,
             'train_queries': len(train_rows), 'val_queries': 0 if val_rows is None else len(val_rows),
@@ -738,7 +727,7 @@ def agent_task(
     from mrrec.local_memory import LocalMemory
     from mrrec.global_memory import GlobalMemory
     embedder = embedder or load_embedder_for_run(run)
-    acfg = run.profile.section(AgentConfig)
+    acfg = run.profile.section(AgentConfig).for_policy('trained')
     local, glob = LocalMemory(run.memory / 'local', embedder), GlobalMemory(run.memory / 'global', embedder)
     prompts = {p: agent_prompt_fn(glob, acfg, p) for p in ('text', 'chat_tools')}
     task = task_from_run(run, lambda row, protocol: prompts[protocol](row),
@@ -757,10 +746,15 @@ def rl_stage(
     task, local = agent_task(run)
     plan = plan_queries(bundle.queries, run.profile.section(DataConfig), run.seed, local.users)
     train_rows, val_rows = plan.train, plan.val
-    trained = {}
+    trained, warm = {}, run.profile.section(WarmStartConfig).enabled
+    if warm and warm_policy(run) is None:
+        raise ConfigError(f"profile {run.profile.name!r}: [warmstart] enabled, but {run.root} has no warm-start "
+                          "policy: run the warm-start stage first (nbs/05d_warmstart)")
     for variant in (variants or cfg.variants):
         variant_model(cfg, variant)   # a variant without a backbone is a configuration error, said before any work
-        trained[variant] = train_rl(run, cfg, task, train_rows, val_rows, variant=variant, resume=resume)
+        start = warm_policy(run) if warm and variant == 'instruct' else None   # the warm start clones the instruct one
+        trained[variant] = train_rl(run, cfg, task, train_rows, val_rows, variant=variant, resume=resume,
+                                    start_from=start)
     if int(os.environ.get('RANK', '0')) == 0:   # under a multi-GPU launch, one process writes the summary
         log = read_reward_log(run, list(trained))
         write_table(log, run.tables / 'f4_rl_reward_log')
