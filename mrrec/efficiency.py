@@ -15,8 +15,8 @@ from .eval import EvalConfig, run_data_label, pyplot_agg, save_figure
 
 # %% auto #0
 __all__ = ['T4_QUANTITIES', 'T4_EFFICIENCY_ROWS', 'EFFICIENCY_TABLES', 'with_cost', 'indexing_table', 'token_efficiency_specs',
-           'token_efficiency_table', 'notebook_timings', 'model_call_timings', 'search_scaling', 'plot_scaling',
-           'scaling_texts', 'efficiency_run', 'efficiency_main']
+           'token_efficiency_table', 'notebook_timings', 'model_call_timings', 'generation_costs', 'search_scaling',
+           'plot_scaling', 'scaling_texts', 'efficiency_run', 'efficiency_main']
 
 # %% ../nbs/08_efficiency.ipynb #16b5fa8f
 T4_QUANTITIES = ('source_users', 'entries', 'llm_calls', 'input_tokens_M', 'output_tokens_M', 'total_time_s',
@@ -151,6 +151,25 @@ def model_call_timings(
     return g.astype({c: 'int64' for c in ('calls', 'requests', 'cached', 'input_tokens',
                                           'output_tokens')})[cols].assign(note='')
 
+def generation_costs(
+    folder,  # a run's trajectories folder
+) -> pd.DataFrame:
+    "Per LLM setting: queries, prompt and generated tokens per query, seconds per query (from the setting summaries)."
+    from mrrec.experiments import trajectory_paths, trajectory_settings
+    cols = ['setting', 'policy', 'queries', 'prompt_tokens_per_query', 'generated_tokens_per_query',
+            'seconds_per_query']
+    rows = []
+    for name in trajectory_settings(folder)[0]:
+        s = read_json(trajectory_paths(folder, name)[1])['summary']
+        if not s.get('queries') or s.get('method') == 'query': continue
+        n = s['queries']
+        rows.append({'setting': name, 'policy': s.get('policy', ''), 'queries': n,
+                     'prompt_tokens_per_query': round(s['llm_input_tokens'] / n, 1),
+                     'generated_tokens_per_query': round(s['llm_output_tokens'] / n, 1),
+                     'seconds_per_query': round(s['seconds'] / n, 3)})
+    return pd.DataFrame(rows, columns=cols)
+
+
 # %% ../nbs/08_efficiency.ipynb #3fdd7299
 def search_scaling(
     texts: list[str],        # item texts; pools are their prefixes
@@ -209,7 +228,7 @@ def plot_scaling(
 
 # %% ../nbs/08_efficiency.ipynb #157b0ecb
 EFFICIENCY_TABLES = ('t4_indexing', 't4_token_efficiency', 'timings_notebooks', 'timings_model_calls',
-                     'scaling_item_search')
+                     'generation_per_query', 'scaling_item_search')
 
 def scaling_texts(
     run: Run,        # the run (its cache and seed)
@@ -251,6 +270,7 @@ def efficiency_run(
     t['timings_notebooks'] = notebook_timings(run)
     ledger = run.logs / 'model_calls.jsonl'
     t['timings_model_calls'] = model_call_timings(run_ledger(run).records() if ledger.is_file() else [])
+    t['generation_per_query'] = generation_costs(run.trajectories)
     if scaling:
         texts, queries = scaling_texts(run, max(cfg.scaling_pool_sizes), cfg.scaling_queries)
         sc = search_scaling(texts, queries, cfg.scaling_pool_sizes, cfg.scaling_dim, cfg.scaling_repeats, seed=run.seed,
