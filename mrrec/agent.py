@@ -388,7 +388,7 @@ EXAMPLE_EXPANSION = ('a game for family evenings: a family board game for 2 to 6
 
 def _answer(profile: str, ids: list[str]) -> str:
     "A well-formed answer: the box's braces are the JSON object's own."
-    return '\\boxed' + json.dumps({'ideal_item_profile': profile, 'useful_memory_ids': ids})
+    return '\\boxed' + json.dumps({'ideal_item_profile': profile, 'useful_memory_ids': ids}, ensure_ascii=False)
 
 def _example_call_message(protocol: str) -> dict:
     text = f"{EXAMPLE_ASPECTS.capitalize()} matter here. Let me check the user's memory."
@@ -694,7 +694,8 @@ class ScriptedTeacher:
     def profile(self, request: str, entries: list[tuple[str, str]]) -> str:
         "The teacher's ideal item profile: the request, then the entries' texts (ids left out)."
         texts = [clip_text(t, self.entry_chars) for _, t in entries[:self.profile_entries or None] if t]
-        return ' '.join([request.rstrip(' .') + '.'] + texts)
+        request = request.strip()
+        return ' '.join([request if request[-1:] in '.?!' else request + '.'] + texts)
 
     def count_tokens(self, texts) -> list[int]: return [math.ceil(len(str(t)) / 4) for t in texts]
 

@@ -164,8 +164,7 @@ JUDGE_QUESTIONS = {
             'Does this profile use information from the memory, beyond what the request itself says?', 'used'),
     'MRC': ('Item the user actually bought',
             'Is the memory relevant to this item: does it name preferences or aspects that the item matches?',
-            'relevant'),
-}
+            'relevant')}
 MEMORY_NAMES = {'global': 'Cross-user memory (aspects shoppers weigh)', 'local': "This user's memory"}
 
 # Worked examples (one yes, one no per measure) and control cases with known answers (distinct from the examples).
@@ -302,13 +301,11 @@ def heuristic_contribution(
         for measure, other in (('MPC', 'profile'), ('MRC', 'target_text')):
             v = keyword_contribution(inputs[m], inputs[other], inputs['query'],
                                      min_overlap) if len(inputs) else np.array([])
-            if len(v):
-                # no profile / item text: not counted
+            if len(v):   # no profile / item text: not counted
                 v[~inputs[other].astype(str).str.strip().astype(bool).to_numpy()] = np.nan
             n = int((~np.isnan(v)).sum())
             rows.append({'memory': m, 'measure': measure, 'judge': 'heuristic',
-                         'value': float(np.nanmean(v)) if n else np.nan,
-                         'queries': n, 'failures': 0,
+                         'value': float(np.nanmean(v)) if n else np.nan, 'queries': n, 'failures': 0,
                          'note': '' if n else _why_none(inputs, m, measure) or 'no memory keyword beyond the query'})
     return pd.DataFrame(rows)
 
@@ -423,23 +420,26 @@ def f4_summary(
     log: pd.DataFrame,     # `read_reward_logs`
     data_label: str = '',  # what the numbers are measured on
 ) -> pd.DataFrame:
-    "Per variant and quantity: steps logged, the value at the first and last training step, and the paper's remark."
-    cols = ['variant', 'quantity', 'steps', 'first', 'last', 'change', 'paper (Fig. 4)', 'data', 'note']
-    tr = log[log['split'] == 'train'] if len(log) else log
-    if not len(tr):
+    ("Per variant, split and quantity: steps logged, the first and last value, the value at the best step (highest "
+     "total reward: on validation, the checkpoint kept), and the paper's remark.")
+    cols = ['variant', 'split', 'quantity', 'steps', 'first', 'last', 'change', 'best step', 'at best step',
+            'paper (Fig. 4)', 'data', 'note']
+    if not len(log) or not (log['split'] == 'train').any():
         return pd.DataFrame([{'variant': '', 'quantity': '', 'steps': 0, 'paper (Fig. 4)': '', 'data': data_label,
                               'note': 'no RL reward log: the RL stage (06_rl) has not run'}], columns=cols)
     rows = []
-    for variant, g in tr.groupby('variant', sort=False):
-        g = g.sort_values('step')
+    for (variant, split), g in log.groupby(['variant', 'split'], sort=False):
+        g = g.sort_values('step').reset_index(drop=True)
+        best = g.loc[pd.to_numeric(g['total_reward'], errors='coerce').fillna(-np.inf).idxmax()]
         for q in F4_QUANTITIES:
             v = pd.to_numeric(g[q], errors='coerce').dropna()
-            rows.append({'variant': variant, 'quantity': q, 'steps': int(g['step'].nunique()),
+            rows.append({'variant': variant, 'split': split, 'quantity': q, 'steps': int(g['step'].nunique()),
                          'first': float(v.iloc[0]) if len(v) else np.nan,
                          'last': float(v.iloc[-1]) if len(v) else np.nan,
                          'change': float(v.iloc[-1] - v.iloc[0]) if len(v) else np.nan,
-                         'paper (Fig. 4)': F4_PAPER.get((variant, q), ''), 'data': data_label,
-                         'note': '' if len(v) else 'not logged'})
+                         'best step': int(best['step']), 'at best step': pd.to_numeric(best[q], errors='coerce'),
+                         'paper (Fig. 4)': F4_PAPER.get((variant, q), '') if split == 'train' else '',
+                         'data': data_label, 'note': '' if len(v) else 'not logged'})
     return pd.DataFrame(rows, columns=cols)
 
 # %% ../nbs/07_eval.ipynb #a02c093d
