@@ -138,8 +138,9 @@ def notebook_timings(
 def model_call_timings(
     ledger_rows: list[dict],  # the run ledger's records
 ) -> pd.DataFrame:
-    "Model calls per part (the ledger stage before its first dot) and kind: calls, cache hits, tokens, seconds, cost."
-    cols = ['part', 'kind', 'calls', 'requests', 'cached', 'input_tokens', 'output_tokens', 'wall_s', 'cost_usd']
+    "Model calls per part (the ledger stage before its first dot) and kind: calls, cache hits, truncated, tokens, time."
+    cols = ['part', 'kind', 'calls', 'requests', 'cached', 'truncated', 'input_tokens', 'output_tokens', 'wall_s',
+            'cost_usd']
     if not ledger_rows:
         return pd.DataFrame([{'part': '', 'note': 'no model calls recorded (no logs/model_calls.jsonl)'}],
                             columns=cols + ['note'])
@@ -148,7 +149,7 @@ def model_call_timings(
     df['part'] = df['stage'].astype(str).str.split('.').str[0]
     g = df.groupby(['part', 'kind'], sort=False).agg(calls=('requests', 'size'),
                                                      **{c: (c, 'sum') for c in cols[3:]}).reset_index()
-    return g.astype({c: 'int64' for c in ('calls', 'requests', 'cached', 'input_tokens',
+    return g.astype({c: 'int64' for c in ('calls', 'requests', 'cached', 'truncated', 'input_tokens',
                                           'output_tokens')})[cols].assign(note='')
 
 def generation_costs(

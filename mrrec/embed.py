@@ -4,7 +4,8 @@
 
 # %% ../nbs/02c_embed.ipynb #57905464
 from __future__ import annotations
-import dataclasses, fcntl, functools, hashlib, inspect, os, re, threading, time
+import dataclasses, fcntl, functools, hashlib, inspect, logging, os, re, threading, time
+from collections import Counter
 from pathlib import Path
 import numpy as np
 from fastcore.basics import patch
@@ -13,8 +14,11 @@ from .core import Run, stable_hash
 from .llm import (EmbedConfig, Ledger, TextEncoder, _as_ledger, _connect, resolve_device, resolve_dtype,
                        resolve_embed_source, run_ledger)
 
+_log = logging.getLogger('mrrec.embed')
+
 # %% auto #0
-__all__ = ['EMBED_CHUNK', 'text_hash', 'EmbeddingStore', 'Embedder', 'load_embedder', 'load_embedder_for_run', 'embed_texts']
+__all__ = ['EMBED_CHUNK', 'text_hash', 'EmbeddingStore', 'count_truncated', 'Embedder', 'load_embedder', 'load_embedder_for_run',
+           'embed_texts']
 
 # %% ../nbs/02c_embed.ipynb #84b61423
 def text_hash(
@@ -100,6 +104,22 @@ def _load_sentence_transformer(source: str, device: str, dtype: str, max_seq_len
     if max_seq_length: model.max_seq_length = max_seq_length
     return model.eval()
 
+# %% ../nbs/02c_embed.ipynb #9f7fd1d4
+def count_truncated(
+    tokenizer,             # the encoder's own tokenizer, special tokens added as sentence-transformers adds them
+    texts: list[str],      # the texts as the encoder sees them (a query with its instruction)
+    max_len: int,          # the encoder's max_seq_length: tokens past it are not embedded
+    chunk: int = 10_000,   # distinct texts tokenized at once
+) -> int:
+    "How many of `texts` (repeats included) are longer than `max_len` tokens, so lose their tail when encoded."
+    n, cut = Counter(texts), 0
+    uniq = list(n)
+    for i in range(0, len(uniq), chunk):
+        part = uniq[i:i + chunk]   # no padding, no truncation: the full length of each text
+        ids = tokenizer(part, add_special_tokens=True, truncation=False, verbose=False)['input_ids']
+        cut += sum(n[t] for t, x in zip(part, ids) if len(x) > max_len)
+    return cut
+
 # %% ../nbs/02c_embed.ipynb #b769dd86
 class Embedder:
     "Text encoder with a query/document distinction and an on-disk cache of document vectors."
@@ -111,11 +131,12 @@ class Embedder:
         self.model = _load_sentence_transformer(self.source, self.device, self.dtype, cfg.max_seq_length)
         dim_fn = getattr(self.model, 'get_embedding_dimension', None) or self.model.get_sentence_embedding_dimension
         self.dim = int(dim_fn())
+        self.max_seq_length = int(self.model.max_seq_length)   # [embed] max_seq_length, else the model's
         self.model_key = stable_hash(cfg.model, self.dtype, self.model.max_seq_length, self.dim, n=12)
         slug = re.sub(r'[^A-Za-z0-9._-]+', '_', cfg.model.split('/')[-1])
         self.store = EmbeddingStore(Path(cache_dir) / f'{slug}-{self.model_key}', self.dim) \
             if cache_dir is not None else None
-        self.hits = self.misses = 0
+        self.hits = self.misses = self.truncated = 0
 
     def _encode(self, texts: list[str], prompt: str | None, progress) -> np.ndarray:
         if not texts: return np.zeros((0, self.dim), np.float32)
@@ -124,6 +145,13 @@ class Embedder:
                               normalize_embeddings=False, show_progress_bar=show)
         v = np.asarray(v, dtype=np.float32)
         return v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)   # normalise in float32 (bf16 too)
+
+    def _count_truncated(self, texts: list[str], prompt: str | None, stage: str) -> int:
+        n = count_truncated(self.model.tokenizer, [(prompt or '') + t for t in texts], self.max_seq_length)
+        if n: _log.warning('%s: %d of %d texts longer than %d tokens were cut to %d (their tail is not embedded)',
+                           stage, n, len(texts), self.max_seq_length, self.max_seq_length)
+        self.truncated += n
+        return n
 
     def stats(self) -> dict:
         return {'hits': self.hits, 'misses': self.misses, 'stored': len(self.store) if self.store else 0}
@@ -137,12 +165,13 @@ def encode(
     stage: str = 'embed',           # the ledger's stage label
     progress: bool | None = None,   # a progress bar (None: for large pools only)
 ) -> np.ndarray:
-    "L2-normalised float32 embeddings, one row per text."
+    "L2-normalised float32 embeddings, one row per text; the ledger row counts the texts cut at `max_seq_length`."
     if kind not in ('query', 'document'): raise ValueError(f"kind must be 'query' or 'document', got {kind!r}")
     texts = list(texts)
     for i, t in enumerate(texts):
         if not isinstance(t, str): raise TypeError(f"text {i}: expected str, got {type(t).__name__}")
     t0, hits = time.perf_counter(), 0
+    cut = self._count_truncated(texts, self.cfg.query_instruction if kind == 'query' else None, stage)
     if kind == 'query' or self.store is None:
         out = self._encode(texts, self.cfg.query_instruction if kind == 'query' else None, progress)
     else:
@@ -162,7 +191,7 @@ def encode(
         self.hits += hits; self.misses += len(missing)
         out = self.store.vectors([rows[h] for h in hashes])
     self.ledger.record(stage=stage, kind=f'embed_{kind}', backend='sentence-transformers', model=self.cfg.model,
-                       requests=len(texts), cached=hits, truncated=0, empty=0, input_tokens=0, output_tokens=0,
+                       requests=len(texts), cached=hits, truncated=cut, empty=0, input_tokens=0, output_tokens=0,
                        wall_s=round(time.perf_counter() - t0, 4), cost_usd=0.0, retries=0)
     return out
 
