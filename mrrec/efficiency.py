@@ -163,11 +163,11 @@ def generation_costs(
     for name in trajectory_settings(folder)[0]:
         s = read_json(trajectory_paths(folder, name)[1])['summary']
         if not s.get('queries') or s.get('method') == 'query': continue
-        n = s['queries']
+        n, per = s['queries'], lambda k, d: round(s[k] / n, d) if k in s else np.nan   # (a summary may lack one)
         rows.append({'setting': name, 'policy': s.get('policy', ''), 'queries': n,
-                     'prompt_tokens_per_query': round(s['llm_input_tokens'] / n, 1),
-                     'generated_tokens_per_query': round(s['llm_output_tokens'] / n, 1),
-                     'seconds_per_query': round(s['seconds'] / n, 3)})
+                     'prompt_tokens_per_query': per('llm_input_tokens', 1),
+                     'generated_tokens_per_query': per('llm_output_tokens', 1),
+                     'seconds_per_query': per('seconds', 3)})
     return pd.DataFrame(rows, columns=cols)
 
 
