@@ -14,14 +14,15 @@ from .text import category_text, clip_text, parse_llm_json
 
 # %% auto #0
 __all__ = ['AGENT_PROTOCOLS', 'MEMORY_TOOL_NAME', 'NO_MEMORY_TEXT', 'TOOL_CALL_PREFIX', 'ANSWER_KEYS', 'ANSWER_STATUSES',
-           'ANSWER_PREFIX', 'ANSWER_FORMAT', 'EXPANSION_FORMAT', 'PASTED_SYSTEM', 'EXPANSION_SYSTEM', 'EXAMPLE_REQUEST',
-           'EXAMPLE_ASPECTS', 'EXAMPLE_MEMORY', 'EXAMPLE_PROFILE', 'EXAMPLE_EXPANSION', 'EXPANSION_MEMORY_HEADS',
-           'AgentConfig', 'format_memory_entries', 'lookup_memory', 'MemoryTool', 'memory_tool_schema',
-           'memory_tool_fn', 'format_tool_call', 'tool_call_aspects', 'memory_call_aspects', 'tool_result_message',
-           'protocol_messages', 'agent_protocol', 'ParsedAnswer', 'parse_answer', 'parse_boxed_answer', 'search_text',
-           'agent_system_prompt', 'request_text', 'agent_conversation', 'agent_prompt_fn', 'pasted_conversation',
-           'expansion_conversation', 'token_counter', 'AgentOptions', 'AgentResult', 'run_agent', 'request_parts',
-           'tool_result_entries', 'ScriptedTeacher']
+           'ANSWER_PREFIX', 'ANSWER_FORMAT', 'EXPANSION_FORMAT', 'PASTED_SYSTEM', 'EXPANSION_SYSTEM', 'REQUEST_HEAD',
+           'EXAMPLE_REQUEST', 'EXAMPLE_ASPECTS', 'EXAMPLE_MEMORY', 'EXAMPLE_PROFILE', 'EXAMPLE_EXPANSION',
+           'EXPANSION_MEMORY_HEADS', 'AgentConfig', 'format_memory_entries', 'lookup_memory', 'MemoryTool',
+           'memory_tool_schema', 'memory_tool_fn', 'format_tool_call', 'tool_call_aspects', 'memory_call_aspects',
+           'tool_result_message', 'protocol_messages', 'agent_protocol', 'ParsedAnswer', 'parse_answer',
+           'parse_boxed_answer', 'search_text', 'agent_system_prompt', 'request_text', 'agent_conversation',
+           'agent_prompt_fn', 'pasted_conversation', 'expansion_conversation', 'approx_tokens', 'token_counter',
+           'AgentOptions', 'AgentResult', 'run_agent', 'last_request_index', 'request_parts', 'tool_result_entries',
+           'ScriptedTeacher']
 
 # %% ../nbs/05b_agent.ipynb #2856c921
 AGENT_PROTOCOLS = ('auto', 'chat_tools', 'text')
@@ -365,13 +366,15 @@ EXPANSION_SYSTEM = ("You are an expert at writing search queries for a dense pro
                     "expansion "
                     "helps, return the request as it is.")
 
+REQUEST_HEAD = 'Request: '   # how the user message of every agent request begins
+
 def request_text(
     query: str,            # the user's request
     category: str | None,  # its scenario (None: unknown)
     aspects: str | None,   # the global aspects text (None: left out)
 ) -> str:
     "The user message: request, scenario and (when given, even if empty) the scenario's aspects."
-    lines = [f"Request: {query}", f"Scenario: {category_text(category)}"]
+    lines = [f"{REQUEST_HEAD}{query}", f"Scenario: {category_text(category)}"]
     if aspects is not None: lines += ["Aspects shoppers weigh in this scenario:", aspects or '(none recorded)']
     return '\n'.join(lines)
 
@@ -480,12 +483,18 @@ def expansion_conversation(
     return msgs + [{'role': 'user', 'content': user(query, memory_text)}]
 
 # %% ../nbs/05b_agent.ipynb #19d35b04
+def approx_tokens(
+    texts,  # texts
+) -> list[int]:
+    "About 4 characters per token: the count for a model without a tokenizer."
+    return [math.ceil(len(str(t)) / 4) for t in texts]
+
 def token_counter(
     llm,  # an LLM (its `count_tokens` is used when it has one), or None
 ) -> tuple[Callable[[list[str]], list[int]], str]:
     "(count function, method): the LLM's own tokenizer when it has one, else ~4 characters per token."
     if llm is not None and hasattr(llm, 'count_tokens'): return llm.count_tokens, 'llm_tokenizer'
-    return (lambda texts: [math.ceil(len(t) / 4) for t in texts]), 'approx_4_chars'
+    return approx_tokens, 'approx_4_chars'
 
 def _closed_call_text(text: str) -> str:
     "A turn cut at the `</tool_call>` stop string, with the tag put back."
@@ -648,28 +657,33 @@ def run_agent(
 _ASPECT_LINE = re.compile(r'^- ([^:;\n]+)')
 _ENTRY_LINE = re.compile(r'^\[([^\]\n]+)\]\s*(.*)$')
 
+def last_request_index(
+    conversation: list[dict],  # a conversation as the agent sees it
+) -> int:
+    "Index of the last request message (the user message `request_text` wrote; a one-shot example's comes before), -1."
+    return max((k for k, m in enumerate(conversation) if m.get('role') == 'user'
+                and (m.get('content') or '').startswith(REQUEST_HEAD)), default=-1)
+
 def request_parts(
     conversation: list[dict],  # a conversation as the agent sees it
 ) -> tuple[str, list[str]]:
     "(the request, the names of the scenario's aspects) of the last request message in `conversation`."
-    for m in reversed(conversation):
-        lines = (m.get('content') or '').splitlines() if m.get('role') == 'user' else []
-        if lines and lines[0].startswith('Request: '):
-            names = [a.group(1).strip() for l in lines[1:] if (a := _ASPECT_LINE.match(l))]
-            return lines[0][len('Request: '):].strip(), names
-    return '', []
+    k = last_request_index(conversation)
+    if k < 0: return '', []
+    lines = conversation[k]['content'].splitlines()
+    names = [a.group(1).strip() for l in lines[1:] if (a := _ASPECT_LINE.match(l))]
+    return lines[0][len(REQUEST_HEAD):].strip(), names
 
 def tool_result_entries(
     conversation: list[dict],  # a conversation as the agent sees it
 ) -> list[tuple[str, str]] | None:
     ("(entry id, text) of the tool result that follows the last request (text or chat_tools protocol); [] for an empty "
      "result, None when the tool has not answered yet.")
-    for m in reversed(conversation):
+    for m in reversed(conversation[last_request_index(conversation) + 1:]):
         c = m.get('content') or ''
         if m.get('role') == 'tool' or (m.get('role') == 'user' and c.startswith('<tool_response>')):
             body = c.removeprefix('<tool_response>').removesuffix('</tool_response>').strip()
             return [(e.group(1), e.group(2).strip()) for l in body.splitlines() if (e := _ENTRY_LINE.match(l.strip()))]
-        if m.get('role') == 'user' and c.startswith('Request: '): return None
     return None
 
 
@@ -697,8 +711,6 @@ class ScriptedTeacher:
         request = request.strip()
         return ' '.join([request if request[-1:] in '.?!' else request + '.'] + texts)
 
-    def count_tokens(self, texts) -> list[int]: return [math.ceil(len(str(t)) / 4) for t in texts]
-
     def generate(self, conversations, tools=None, stop=None, **kw) -> list[Generation]:
         "One turn per conversation; a partial assistant message at the end is continued, as a model would."
         return [self._turn(c) for c in conversations]
@@ -716,6 +728,6 @@ class ScriptedTeacher:
             text = _answer(self.profile(request, entries), [i for i, _ in entries[:self.profile_entries or None]])
         if text.startswith(start): text = text[len(start):]
         elif start.endswith(ANSWER_PREFIX) and text.startswith(ANSWER_PREFIX): text = text[len(ANSWER_PREFIX):]
-        n_in = sum(self.count_tokens([m.get('content') or '' for m in conv]))
-        return Generation(text, input_tokens=n_in, output_tokens=self.count_tokens([text])[0])
+        n_in = sum(approx_tokens([m.get('content') or '' for m in conv]))   # it has no tokenizer
+        return Generation(text, input_tokens=n_in, output_tokens=approx_tokens([text])[0])
 

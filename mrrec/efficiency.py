@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from .core import Run, paper_numbers, read_json, write_json, write_table
 from .metrics import recall_at_k
-from .experiments import RowSpec, experiment_settings, read_trajectories
+from .experiments import RowSpec, experiment_settings, read_trajectories, trajectory_paths, trajectory_settings
 from .eval import EvalConfig, run_data_label, pyplot_agg, save_figure
 
 # %% auto #0
@@ -156,7 +156,6 @@ def generation_costs(
     folder,  # a run's trajectories folder
 ) -> pd.DataFrame:
     "Per LLM setting: queries, prompt and generated tokens per query, seconds per query (from the setting summaries)."
-    from mrrec.experiments import trajectory_paths, trajectory_settings
     cols = ['setting', 'policy', 'queries', 'prompt_tokens_per_query', 'generated_tokens_per_query',
             'seconds_per_query']
     rows = []

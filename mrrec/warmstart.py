@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 import pandas as pd
 from .core import ConfigError, Run, read_json, write_json, write_jsonl, write_table
-from .llm import native_bf16
+from .llm import native_bf16, resolve_device
+from .agent import last_request_index
 from .experiments import StageContext, run_retrieval, run_setting, settings_registry, stage_context
 
 # %% auto #0
@@ -48,8 +49,7 @@ def demonstration_examples(
     out = []
     for r in records:
         msgs = r['messages']
-        last_request = max((k for k, m in enumerate(msgs) if m['role'] == 'user'
-                            and (m.get('content') or '').startswith('Request: ')), default=-1)
+        last_request = last_request_index(msgs)
         turns = [k for k, m in enumerate(msgs) if k > last_request and m['role'] == 'assistant']
         out += [{'prompt': msgs[:k], 'completion': [msgs[k]], 'qid': str(r['qid']), 'turn': n}
                 for n, k in enumerate(turns)]
@@ -127,7 +127,7 @@ def train_warm_start(
     if cfg.threads and not torch.cuda.is_available(): torch.set_num_threads(cfg.threads)
     model, tok = load_policy(model_name, 'float32')           # float32 master weights
     tok.padding_side = 'right'                                # training pads on the right
-    bf16 = cfg.bf16 and native_bf16('cuda' if torch.cuda.is_available() else 'cpu')
+    bf16 = cfg.bf16 and native_bf16(resolve_device('auto'))
     data = Dataset.from_list([{'prompt': e['prompt'], 'completion': e['completion']} for e in examples])
     trainer = SFTTrainer(model=model, args=_sft_args(cfg, out_dir, run.seed, bf16), train_dataset=data,
                          processing_class=tok)
