@@ -52,6 +52,7 @@ class AgentConfig:
     tool_call_prefix: bool = False            # a turn that may call the tool starts with TOOL_CALL_PREFIX (text)
     top_items: int = 100                      # item ids stored per trajectory record (ranks are over [retrieval] top_k)
     policy: str = ''                          # trained policy folder (RL stage) for the '_rl' settings; '' = none
+    ablation_policy: str = 'trained'          # who answers the ablations (T2, F3, F5, F6): 'trained' or 'base'
 
     def __post_init__(self):
         def bad(key, msg): raise ConfigError(f"[{self.section}] {key}: {msg}")
@@ -67,6 +68,8 @@ class AgentConfig:
         if self.repetition_penalty < 0: bad('repetition_penalty',
                                             f"must be > 0, or 0 for [llm]'s, got {self.repetition_penalty}")
         if self.teacher_aspects < 0: bad('teacher_aspects', f"must be >= 0, got {self.teacher_aspects}")
+        if self.ablation_policy not in ('trained', 'base'): bad('ablation_policy',
+                f"must be 'trained' (the RL policy under each ablated memory) or 'base', got {self.ablation_policy!r}")
 
     def for_policy(self, policy: str) -> 'AgentConfig':
         "The table as `policy`'s settings read it: the policies that learned the protocol take the `trained_` values."

@@ -24,13 +24,14 @@ from .agent import (ANSWER_PREFIX, EXAMPLE_ASPECTS, EXAMPLE_EXPANSION, EXAMPLE_M
                          token_counter)
 
 # %% auto #0
-__all__ = ['SETTING_METHODS', 'SETTING_POLICIES', 'SETTING_QUERIES', 'EXPERIMENT_ROWS', 'AGENT_VERSION', 'TRAJECTORY_REQUIRED',
-           'TRAJECTORY_COLUMNS', 'PAPER_ROWS', 'PAPER_ONLY_T1', 'PAPER_ONLY_REASON', 'Setting', 'settings_registry',
-           'row_setting', 'experiment_rows', 'StageContext', 'setting_conversations', 'run_setting',
-           'prompts_fingerprint', 'setting_signature', 'trajectory_paths', 'run_settings', 'TrajectoryFormatError',
-           'check_trajectory_record', 'trajectory_settings', 'read_trajectories', 'open_memories', 'stage_context',
-           'stage_signature', 'select_settings', 'run_retrieval', 'settings_metrics', 'retrieve_main', 'RowSpec',
-           'experiment_settings', 'experiment_specs']
+__all__ = ['SETTING_METHODS', 'SETTING_POLICIES', 'SETTING_QUERIES', 'EXPERIMENT_ROWS', 'ABLATIONS', 'AGENT_VERSION',
+           'TRAJECTORY_REQUIRED', 'TRAJECTORY_COLUMNS', 'PAPER_ROWS', 'PAPER_ONLY_T1', 'PAPER_ONLY_REASON',
+           'POLICY_LABELS', 'Setting', 'settings_registry', 'row_setting', 'experiment_settings', 'experiment_rows',
+           'StageContext', 'setting_conversations', 'run_setting', 'prompts_fingerprint', 'setting_signature',
+           'trajectory_paths', 'run_settings', 'TrajectoryFormatError', 'check_trajectory_record',
+           'trajectory_settings', 'read_trajectories', 'open_memories', 'stage_context', 'stage_signature',
+           'select_settings', 'run_retrieval', 'settings_metrics', 'retrieve_main', 'RowSpec', 'setting_policy',
+           'experiment_specs', 'MixedPolicyError', 'check_one_policy']
 
 # %% ../nbs/05c_experiments.ipynb #35ac7545
 SETTING_METHODS = ('query', 'expansion', 'pasted', 'agent')
@@ -70,10 +71,11 @@ _LEVEL_SETTING = {(): 'mrrec_wo_local', ('record',): 'mrrec_records', ('pattern'
 
 def settings_registry(
     cfg: AgentConfig | None = None,  # the [agent] table (its f6_top_k, memory_top_k)
-    trained: bool = False,           # add the `_rl` copies of the agent settings
+    trained: bool = False,           # add the `_rl` copies (of the ablations too if ablation_policy is 'trained')
     warm: bool = False,              # add `mrrec_bc`, the warm-start policy
 ) -> dict[str, Setting]:
-    "Every setting of the stage (`mrrec_bc` when `warm`, the `_rl` copies of the agent settings when `trained`)."
+    ("Every setting (`mrrec_bc` when `warm`, the `_rl` copies when `trained`); the ablations answer with the backbone "
+     "or, when `ablation_policy` is 'trained', only as `_rl` copies.")
     cfg = cfg or AgentConfig()
     s = [Setting('query_dense', 'query', 'query only, dense retriever (BLAIR-style)', retriever='dense', queries='all'),
          Setting('query_bm25', 'query', 'query only, BM25', retriever='bm25', queries='all'),
@@ -91,19 +93,24 @@ def settings_registry(
           Setting('mrrec_bm25', 'agent', 'MR.Rec, BM25 item search', retriever='bm25', queries='ablation')]
     s += [Setting(f'mrrec_k{k}', 'agent', f'MR.Rec, memory top-{k}', top_k=k, queries='ablation')
           for k in cfg.f6_top_k if k != cfg.memory_top_k]
-    base_agents = [x for x in s if x.method == 'agent']
+    # the RL policy's copies: MR.Rec itself (T1's queries), and the ablations when the trained policy answers them
+    copied = [x for x in s if x.method in ('agent', 'pasted') and
+              (x.name == 'mrrec' or (x.queries == 'ablation' and cfg.ablation_policy == 'trained'))]
+    if cfg.ablation_policy == 'trained':   # not with the backbone, but for `mrrec` itself (F3's 'w/o RL' without BC)
+        s = [x for x in s if x.queries != 'ablation' or x.name == 'mrrec']
     s.append(Setting('mrrec_teacher', 'agent', "MR.Rec's protocol, scripted teacher (the warm start's demonstrations)",
                      policy='teacher'))
     if warm: s.append(Setting('mrrec_bc', 'agent', 'MR.Rec, warm-start policy (behaviour cloning)', policy='warm'))
-    if trained:   # MR.Rec's own row is T1's: its trained copy answers T1's queries
+    if trained:
         s += [dataclasses.replace(x, name=f'{x.name}_rl', policy='trained', about=f'{x.about} (RL-trained policy)',
-                                  queries='eval' if x.name == 'mrrec' else x.queries) for x in base_agents]
+                                  queries='eval' if x.name == 'mrrec' else x.queries) for x in copied]
     return {x.name: x for x in s}
 
 
 # %% ../nbs/05c_experiments.ipynb #f95d01e2
-# (experiment, row, setting, the trained policy's copy fills the row when it exists); a tuple of settings: the first
-# that was run fills the row (F3's 'w/o RL' is the warm-start policy when there is one, else the untrained backbone)
+# (experiment, row, setting, the trained policy's copy fills the row when it exists: always in T1, in the ablations when
+# [agent] ablation_policy is 'trained'); a tuple of settings: the first that was run fills the row (F3's 'w/o RL' is the
+# warm-start policy when there is one, else the untrained backbone)
 EXPERIMENT_ROWS = (
     ('T1', 'dense retriever, query only (BLAIR-style)', 'query_dense', False),
     ('T1', 'LLM, no memory (Rec-R1-style expansion)', 'llm_none', False),
@@ -115,9 +122,9 @@ EXPERIMENT_ROWS = (
     *(('T2', row, _LEVEL_SETTING[levels], True) for row, levels in T2_VARIANTS.items()),
     ('F3', 'w/o local', 'mrrec_wo_local', True),
     ('F3', 'w/o global', 'mrrec_wo_global', True),
-    ('F3', 'w/o reasoning (memory by query similarity)', 'mrrec_wo_reasoning', False),
+    ('F3', 'w/o reasoning (memory by query similarity)', 'mrrec_wo_reasoning', True),
     ('F3', 'w/o RL', ('mrrec_bc', 'mrrec'), False),
-    ('F3', 'full', 'mrrec_rl', False),
+    ('F3', 'full', 'mrrec', True),
     ('F5', 'MR.Rec, dense', 'mrrec', True),
     ('F5', 'MR.Rec, BM25', 'mrrec_bm25', True),
     ('F5', 'query only, dense', 'query_dense', False),
@@ -134,19 +141,28 @@ def row_setting(
     if prefer_trained and f'{names[0]}_rl' in have: return f'{names[0]}_rl'
     return next((n for n in names if n in have), names[-1])
 
+ABLATIONS = ('T2', 'F3', 'F5', 'F6')   # the experiments whose LLM rows must share one policy
+def experiment_settings(
+    available=(),    # the settings that were run
+    agent_cfg=None,  # the [agent] table (F6 rows, ablation_policy)
+) -> pd.DataFrame:
+    ("Every row (experiment, row, setting) of the tables and figures, available or not: a row takes `<setting>_rl` "
+     "when that is `available` (in an ablation, only when [agent] ablation_policy is 'trained').")
+    cfg, have = agent_cfg or AgentConfig(), set(available)
+    rows = list(EXPERIMENT_ROWS) + [('F6', f'k={k}', 'mrrec' if k == cfg.memory_top_k else f'mrrec_k{k}',
+                                     True) for k in cfg.f6_top_k]
+    def prefer(exp, pref): return pref and (exp not in ABLATIONS or cfg.ablation_policy == 'trained')
+    return pd.DataFrame([{'experiment': e, 'row': r, 'setting': row_setting(n, prefer(e, pref), have)}
+                         for e, r, n, pref in rows], columns=['experiment', 'row', 'setting'])
+
 def experiment_rows(
     available: Sequence[str],        # the settings that were run
-    cfg: AgentConfig | None = None,  # the [agent] table (F6 rows)
+    cfg: AgentConfig | None = None,  # the [agent] table (F6 rows, ablation_policy)
 ) -> pd.DataFrame:
     "Rows (experiment, row, setting) of the tables and figures that the `available` settings fill."
-    cfg, have = cfg or AgentConfig(), set(available)
-    rows = list(EXPERIMENT_ROWS) + [('F6', f'k={k}', 'mrrec' if k == cfg.memory_top_k else f'mrrec_k{k}', True)
-                                    for k in cfg.f6_top_k]
-    out = []
-    for exp, row, name, prefer_trained in rows:
-        pick = row_setting(name, prefer_trained, have)
-        if pick in have: out.append({'experiment': exp, 'row': row, 'setting': pick})
-    return pd.DataFrame(out, columns=['experiment', 'row', 'setting'])
+    rows = experiment_settings(available, cfg)
+    return rows[rows['setting'].isin(set(available))].reset_index(drop=True)
+
 
 # %% ../nbs/05c_experiments.ipynb #4a6f5a02
 def _levels_key(levels) -> tuple: return tuple(l for l in LOCAL_LEVELS if l in levels)
@@ -665,6 +681,8 @@ class RowSpec:
     paper: dict | None = None
     paper_label: str = ''
     note: str = ''                      # said when the row has no trajectories
+    policy: str = ''                    # who answers the setting (SETTING_POLICIES; '' = no LLM or paper only)
+    same_policy: bool = False           # the row must share its experiment's policy (`check_one_policy`)
 
 # %% ../nbs/05c_experiments.ipynb #c54d9532
 PAPER_ROWS = {
@@ -688,17 +706,19 @@ PAPER_ONLY_REASON = {'GPT-4o': 'API model, not run here', 'DeepSeek-R1': 'API mo
                      'Rec-R1': 'RL-trained query generator, not run here',
                      'BLAIR-LARGE': 'BLAIR checkpoint, not run here'}
 
-def experiment_settings(
-    available=(),    # the settings that were run
-    agent_cfg=None,  # the [agent] table (F6 rows)
-) -> pd.DataFrame:
-    ("Every row (experiment, row, setting) of the tables and figures, available or not: a row takes `<setting>_rl` "
-     "when that is `available`.")
-    cfg, have = agent_cfg or AgentConfig(), set(available)
-    rows = list(EXPERIMENT_ROWS) + [('F6', f'k={k}', 'mrrec' if k == cfg.memory_top_k else f'mrrec_k{k}',
-                                     True) for k in cfg.f6_top_k]
-    return pd.DataFrame([{'experiment': e, 'row': r, 'setting': row_setting(n, pref, have)} for e, r, n, pref in rows],
-                        columns=['experiment', 'row', 'setting'])
+POLICY_LABELS = {'': 'no LLM', 'base': 'untrained backbone', 'teacher': 'scripted teacher', 'warm': 'warm start (BC)',
+                 'trained': 'RL-trained'}
+
+def setting_policy(
+    name: str,       # a setting name
+    agent_cfg=None,  # the [agent] table
+) -> str:
+    "Who answers `name`'s queries: '' (no LLM), 'base', 'teacher', 'warm' or 'trained' (SETTING_POLICIES)."
+    cfg = agent_cfg or AgentConfig()
+    known = {**settings_registry(dataclasses.replace(cfg, ablation_policy='base'), True, True),
+             **settings_registry(dataclasses.replace(cfg, ablation_policy='trained'), True, True)}
+    if name not in known: raise KeyError(f"unknown setting {name!r}")
+    return known[name].policy if known[name].uses_llm else ''
 
 def experiment_specs(
     experiment: str,     # 'T1', 'T2', 'F3', 'F5' or 'F6'
@@ -706,16 +726,42 @@ def experiment_specs(
     agent_cfg=None,      # the [agent] table
     label: str = 'row',  # the label column
 ) -> list[RowSpec]:
-    "The RowSpecs of one experiment ('T1', 'T2', 'F3', 'F5', 'F6'), with their paper rows."
+    ("The RowSpecs of one experiment ('T1', 'T2', 'F3', 'F5', 'F6'), with their paper rows and a `policy` label; in "
+     "an ablation every LLM row but F3's 'w/o RL' must share its policy (`check_one_policy`).")
     out = []
     for r in experiment_settings(available, agent_cfg).query('experiment == @experiment').itertuples():
         paper, plabel = PAPER_ROWS.get((experiment, r.row), (None, ''))
         note = ("needs the RL stage's trained policy" if r.setting.endswith('_rl') else
                 "needs the warm-start stage's policy" if r.setting == 'mrrec_bc' else '')
-        out.append(RowSpec(r.setting, {label: r.row}, paper, plabel, note))
+        policy = setting_policy(r.setting, agent_cfg)
+        out.append(RowSpec(r.setting, {label: r.row, 'policy': POLICY_LABELS[policy]}, paper, plabel, note, policy,
+                           experiment in ABLATIONS and r.row != 'w/o RL'))
     if experiment == 'T1':
         words = {'none': 'no memory', 'naive': 'naive memory', 'static': 'static memory'}
-        out += [RowSpec(None, {label: f'{model}, {words[m]} (paper only)'}, {'memory_setting': m, 'model': model},
-                        f'{model} ({m})', PAPER_ONLY_REASON[model])
+        out += [RowSpec(None, {label: f'{model}, {words[m]} (paper only)', 'policy': ''},
+                        {'memory_setting': m, 'model': model}, f'{model} ({m})', PAPER_ONLY_REASON[model])
                 for m, model in PAPER_ONLY_T1]
     return out
+
+
+# %% ../nbs/05c_experiments.ipynb #41982780
+class MixedPolicyError(ValueError):
+    "An experiment whose rows that must share a policy were answered by different policies."
+
+def check_one_policy(
+    rows: list[RowSpec],          # an experiment's rows
+    have: Sequence[str] = (),     # the settings with trajectories (a row without any is not compared)
+    experiment: str = '',         # its name, for the message
+) -> str:
+    ("The one policy of the `rows` that must share it (`same_policy`) and were run ('' when none has an LLM); "
+     "`MixedPolicyError` naming each row's policy when they differ.")
+    have, found = set(have), {}
+    for r in rows:
+        if r.setting in have and r.policy and r.same_policy:
+            found.setdefault(r.policy, []).append(r.labels.get('row') or r.setting)
+    if len(found) > 1:
+        raise MixedPolicyError(f"{experiment or 'this experiment'} compares rows of different policies: " +
+                               '; '.join(f"{POLICY_LABELS[p]}: {', '.join(map(str, n))}" for p, n in found.items())
+                               + ". Run its rows with one policy ([agent] ablation_policy and the stage that runs it).")
+    return next(iter(found), '')
+
