@@ -46,7 +46,9 @@ class AgentConfig:
     one_shot: bool = False                    # a worked example before the request (small models need it)
     trained_one_shot: bool | None = None      # the example for the teacher, warm-start and RL policies (None: one_shot)
     trained_max_new_tokens: int = 0           # their tokens per turn (0 = max_new_tokens): an answer copies the memory
+    trained_entry_chars: int | None = None    # their memory entries' clip (None: entry_chars; 0 = whole)
     teacher_aspects: int = 3                  # aspect names the scripted teacher adds to its memory call
+    teacher_entries: int = 0                  # tool-result entries the teacher copies into its profile (0 = all)
     salvage_profile: bool = False             # a malformed answer's readable profile is used before the query fallback
     answer_prefix: bool = False               # every final answer starts with ANSWER_PREFIX, which the model continues
     tool_call_prefix: bool = False            # a turn that may call the tool starts with TOOL_CALL_PREFIX (text)
@@ -67,7 +69,8 @@ class AgentConfig:
         if self.temperature < 0: bad('temperature', f"must be >= 0, got {self.temperature}")
         if self.repetition_penalty < 0: bad('repetition_penalty',
                                             f"must be > 0, or 0 for [llm]'s, got {self.repetition_penalty}")
-        if self.teacher_aspects < 0: bad('teacher_aspects', f"must be >= 0, got {self.teacher_aspects}")
+        for key in ('teacher_aspects', 'teacher_entries', 'trained_entry_chars'):
+            if (getattr(self, key) or 0) < 0: bad(key, f"must be >= 0, got {getattr(self, key)}")
         if self.ablation_policy not in ('trained', 'base'): bad('ablation_policy',
                 f"must be 'trained' (the RL policy under each ablated memory) or 'base', got {self.ablation_policy!r}")
 
@@ -75,7 +78,8 @@ class AgentConfig:
         "The table as `policy`'s settings read it: the policies that learned the protocol take the `trained_` values."
         if policy == 'base': return self
         one_shot = self.one_shot if self.trained_one_shot is None else self.trained_one_shot
-        return dataclasses.replace(self, one_shot=one_shot,
+        entry_chars = self.entry_chars if self.trained_entry_chars is None else self.trained_entry_chars
+        return dataclasses.replace(self, one_shot=one_shot, entry_chars=entry_chars,
                                    max_new_tokens=self.trained_max_new_tokens or self.max_new_tokens)
 
 # %% ../nbs/05b_agent.ipynb #8b28a67a

@@ -200,7 +200,7 @@ class StageContext:
 
     def llm(self, policy: str):
         if policy == 'teacher' and policy not in self.llms:   # scripted: nothing to load
-            self.llms[policy] = ScriptedTeacher(self.cfg.teacher_aspects)
+            self.llms[policy] = ScriptedTeacher(self.cfg.teacher_aspects, self.cfg.teacher_entries)
         if policy not in self.llms:
             if self.llm_factory is None: raise RuntimeError("this StageContext has no llm_factory: LLM settings cannot "
                                                             "run")
