@@ -23,11 +23,12 @@ log = logging.getLogger('mrrec.data')
 # %% auto #0
 __all__ = ['log', 'SPLITS', 'PLAN_FIELDS', 'HISTORY_COLUMNS', 'SPLIT_ORDER_SALT', 'C4_REPO', 'REVIEWS_REPO', 'C4_QUERIES_FILE',
            'C4_POOL_FILE', 'AMAZON_REVIEWS_2023_CATEGORIES', 'SIMPLIFY_INSTRUCTION', 'SIMPLIFY_EXAMPLES',
-           'DATA_VERSION', 'DataConfig', 'data_path', 'item_text', 'join_history', 'split_queries', 'sample_queries',
-           'seeded_query_order', 'memory_users', 'memory_first', 'QueryPlan', 'plan_queries', 'DataUnavailableError',
-           'hub_url', 'download_c4', 'download_amazon_reviews', 'simplify_prompt', 'parse_simplified',
-           'simplify_queries', 'DataBundle', 'real_data_files', 'drop_unpooled_queries', 'missing_metadata',
-           'prepare_data', 'load_data', 'dataset_statistics', 'bm25_recall', 'bm25_sanity_check']
+           'DATA_VERSION', 'QUERY_SELECTION_PAPER', 'DataConfig', 'data_path', 'item_text', 'join_history',
+           'split_queries', 'sample_queries', 'seeded_query_order', 'memory_users', 'memory_first', 'QueryPlan',
+           'plan_queries', 'DataUnavailableError', 'hub_url', 'download_c4', 'download_amazon_reviews',
+           'simplify_prompt', 'parse_simplified', 'simplify_queries', 'DataBundle', 'real_data_files',
+           'drop_unpooled_queries', 'missing_metadata', 'select_queries', 'prepare_data', 'load_data',
+           'dataset_statistics', 'bm25_recall', 'bm25_sanity_check']
 
 # %% ../nbs/01_data.ipynb #8b3eaf0e
 SPLITS = ('train', 'val', 'test')
@@ -46,7 +47,8 @@ class DataConfig(SynthConfig):
     reviews_dir: str = 'data/amazon_reviews_2023/raw/review_categories'
     meta_dir: str = 'data/amazon_reviews_2023/raw/meta_categories'
     review_categories: tuple[str, ...] = ()        # Amazon Reviews 2023 categories to read; () = every file present
-    max_queries: int = 0                           # 0 = all; else a hash-chosen sample (the paper used 6,096)
+    max_queries: int = 0                           # 0 = all; else a hash-chosen sample of the eligible (paper: 6,096)
+    min_history: int = 0                           # interactions before the query an eligible query needs (0 = any)
     rewrite_queries: bool = False                  # rewrite the C4 queries with the run's LLM (paper App. A)
     rewrite_demo_queries: int = 8                  # SynthC4: detailed test queries the notebook rewrites as a check
     # both
@@ -70,7 +72,7 @@ class DataConfig(SynthConfig):
         if len(self.split_fractions) != 3 or min(self.split_fractions) < 0 or abs(sum(self.split_fractions) - 1) > 1e-6:
             bad.append(f"split_fractions must be 3 non-negative numbers summing to 1, got {self.split_fractions}")
         bad += synth_config_problems(self)              # SynthC4's own checks (mrrec.synthc4)
-        counts = ('max_queries', *PLAN_FIELDS)
+        counts = ('max_queries', 'min_history', *PLAN_FIELDS)
         bad += [f"{n} must be an integer >= 0, got {getattr(self, n)!r}" for n in counts if getattr(self, n) < 0]
         if bad: raise ConfigError('[data] ' + '; '.join(bad))
 
@@ -559,22 +561,38 @@ def missing_metadata(
             "whole):\n  " + '\n  '.join(lines))
     return out
 
-# %% ../nbs/01_data.ipynb #d9376104
-def prepare_data(
-    run: Run,                       # the run: its profile, seed and `run.data` folder
-    cfg: DataConfig | None = None,  # the `[data]` settings (default: the run profile's)
-    progress: bool = True,          # progress bars
-    rewrite=None,                   # real data with `rewrite_queries`: queries DataFrame -> DataFrame (App. A rewrite)
-) -> DataBundle:
-    "Run the data stage for `run` (SynthC4 or the real data), write its artifacts to `run.data`, return the bundle."
-    cfg = cfg or run.profile.section(DataConfig)
-    signature = {'version': DATA_VERSION, 'synth_version': SYNTH_VERSION, 'seed': int(run.seed),
-                 **{k: _jsonable(v) for k, v in dataclasses.asdict(cfg).items() if k not in PLAN_FIELDS}}
-    manifest_path = run.data / 'data_manifest.json'
-    if manifest_path.is_file() and read_json(manifest_path).get('signature') == signature and \
-            all((run.data / f).is_file() for f in _BUNDLE_FILES.values()):
-        return load_data(run)
-    t0, manifest = time.time(), {'signature': signature, 'source': cfg.source, 'synthetic': cfg.source == 'synth'}
+# %% ../nbs/01_data.ipynb #5a8b380a
+QUERY_SELECTION_PAPER = {'queries': 6096, 'users': 6039, 'interactions': 577376,
+                         'interactions_per_query': round(577376 / 6096, 2)}   # Table 5
+
+def _selection_row(step: str, rule: str, q: pd.DataFrame) -> dict:
+    return {'step': step, 'rule': rule, 'queries': len(q), 'users': int(q['user_id'].nunique()),
+            'interactions': int(q['n_history'].sum()), 'interactions_per_query':
+            round(float(q['n_history'].mean()), 2) if len(q) else float('nan'),
+            'without_own_review': int(q['query_timestamp'].isna().sum())}
+
+def select_queries(
+    joined: pd.DataFrame,  # queries after `join_history` (`n_history`, `query_timestamp`) with the pool's `category`
+    min_history: int = 0,  # interactions before the query an eligible query needs
+    n: int = 0,            # queries kept among the eligible (0: all)
+    seed: int = 0,         # the run seed (the stable hash)
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    "(the kept queries, the counts of each step): eligible = target in the pool and >= `min_history` interactions."
+    pooled = joined[joined['category'].notna()]
+    eligible = pooled[pooled['n_history'].astype(int) >= min_history]
+    kept = sample_queries(eligible, n, seed)
+    sampled = (f'the {n:,} with the smallest stable hash of (seed, qid)' if n and n < len(eligible)
+               else 'all eligible queries')
+    steps = pd.DataFrame([_selection_row('read', 'every query of the file', joined),
+                          _selection_row('in the pool', 'target item in the item pool', pooled),
+                          _selection_row('eligible', f'at least {min_history} interactions before the query', eligible),
+                          _selection_row('selected', sampled, kept)])
+    paper = pd.DataFrame([{'step': 'paper (Table 5)', 'rule': 'not stated', **QUERY_SELECTION_PAPER}])
+    return kept, pd.concat([steps, paper], ignore_index=True)
+
+# %% ../nbs/01_data.ipynb #668a747b
+def _source_queries(run: Run, cfg: DataConfig, manifest: dict, progress: bool, rewrite):
+    "(files, queries, skipped-line counts, category_of) of the data source: SynthC4 (generated once) or the real files."
     if cfg.source == 'synth':
         synth_dir = run.data / 'synthc4'
         manifest['synthc4'] = ensure_synthc4(synth_dir, cfg.synth_config(), run.seed, progress)
@@ -587,12 +605,30 @@ def prepare_data(
         files = real_data_files(cfg, run.profile.name)
         queries = read_c4_queries(files['queries'], cfg.errors, cfg.clean_text)
         skipped_q = {str(files['queries']): queries.attrs['skipped']}
-        queries = sample_queries(queries, cfg.max_queries, run.seed)
-        queries = queries.assign(query_detailed=queries['query'])
-        if cfg.rewrite_queries:   # the paper's simplification; the original stays in query_detailed
-            queries = rewrite(queries)
-            manifest['rewrite_statuses'] = queries['simplify_status'].value_counts().to_dict()
         category_of = _category_of_file
+    return files, queries, skipped_q, category_of
+
+# %% ../nbs/01_data.ipynb #d9376104
+def prepare_data(
+    run: Run,                       # the run: its profile, seed and `run.data` folder
+    cfg: DataConfig | None = None,  # the `[data]` settings (default: the run profile's)
+    progress: bool = True,          # progress bars
+    rewrite=None,                   # real data with `rewrite_queries`: queries DataFrame -> DataFrame (App. A rewrite)
+) -> DataBundle:
+    "Run the data stage for `run` (SynthC4 or the real data), write its artifacts to `run.data`, return the bundle."
+    cfg = cfg or run.profile.section(DataConfig)
+    signature = {'version': DATA_VERSION, 'synth_version': SYNTH_VERSION, 'seed': int(run.seed),
+                 # min_history is left out at 0, so the data of runs made before it existed stays valid
+                 **{k: _jsonable(v) for k, v in dataclasses.asdict(cfg).items()
+                    if k not in PLAN_FIELDS and not (k == 'min_history' and v == 0)}}
+    manifest_path = run.data / 'data_manifest.json'
+    old = read_json(manifest_path) if manifest_path.is_file() else {}
+    # a manifest without the selection counts predates them: the same data is made again, with the counts
+    if old.get('signature') == signature and 'query_selection' in old and \
+            all((run.data / f).is_file() for f in _BUNDLE_FILES.values()):
+        return load_data(run)
+    t0, manifest = time.time(), {'signature': signature, 'source': cfg.source, 'synthetic': cfg.source == 'synth'}
+    files, queries, skipped_q, category_of = _source_queries(run, cfg, manifest, progress, rewrite)
     cleaned_q = {str(files['queries']): queries.attrs.get('cleaned', {})}
     items = read_item_pool(files['pool'], cfg.errors, cfg.clean_text)
     reviews, skipped_r, cleaned_r = _read_category_files(files['reviews'], read_reviews, cfg.errors,
@@ -601,7 +637,13 @@ def prepare_data(
                                                       set(reviews['parent_asin']), category_of, cfg.clean_text)
     histories, queries = join_history(queries, reviews, meta)
     queries['category'] = queries['item_id'].map(pd.Series(items['category'].values, index=items['item_id'].values))
-    queries, unpooled = drop_unpooled_queries(queries)
+    _, unpooled = drop_unpooled_queries(queries)
+    queries, selection = select_queries(queries, cfg.min_history, cfg.max_queries, run.seed)   # after the join
+    if cfg.source != 'synth':
+        queries = queries.assign(query_detailed=queries['query'])
+        if cfg.rewrite_queries:   # the paper's simplification (of the selected only); the original in query_detailed
+            queries = rewrite(queries)
+            manifest['rewrite_statuses'] = queries['simplify_status'].value_counts().to_dict()
     join_stats, histories = histories.attrs['join'], histories[histories['qid'].isin(queries['qid'])]
     queries['split'] = split_queries(queries['qid'], cfg.split_fractions, run.seed)
     manifest['missing_metadata'] = missing_metadata(histories, items, files['meta'], category_of, cfg.max_missing_meta)
@@ -610,7 +652,8 @@ def prepare_data(
         skipped_lines={**skipped_q, str(files['pool']): items.attrs['skipped'], **skipped_r, **skipped_m},
         clean_text=cfg.clean_text,
         cleaned_values={**cleaned_q, str(files['pool']): items.attrs['cleaned'], **cleaned_r, **cleaned_m},
-        history_join=join_stats, queries_without_pool_item=unpooled['count'],
+        history_join=join_stats, query_selection=selection.to_dict('records'),
+        queries_without_pool_item=unpooled['count'],
         queries_without_pool_item_first_qids=unpooled['first_qids'],
         counts={'queries': len(queries), 'users': int(queries['user_id'].nunique()), 'items': len(items),
                 'history_rows': len(histories), **{f'{s}_queries': int((queries['split'] == s).sum()) for s in SPLITS}},

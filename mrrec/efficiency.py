@@ -12,6 +12,7 @@ from .core import Run, paper_numbers, read_json, write_json, write_table
 from .metrics import recall_at_k
 from .experiments import RowSpec, experiment_settings, read_trajectories, trajectory_paths, trajectory_settings
 from .eval import EvalConfig, run_data_label, pyplot_agg, save_figure
+from .contribution import MEMORY_TOKENS_DEFINITION, memory_read_tokens, memory_token_counter
 
 # %% auto #0
 __all__ = ['T4_QUANTITIES', 'T4_EFFICIENCY_ROWS', 'EFFICIENCY_TABLES', 'with_cost', 'indexing_table', 'token_efficiency_specs',
@@ -90,28 +91,34 @@ def token_efficiency_table(
     rows: list[RowSpec],                # `token_efficiency_specs`
     paper: pd.DataFrame | None = None,  # the paper's Table 4 (token efficiency), or None
     data_label: str = '',               # what the numbers are measured on
+    count=None,                         # texts -> tokens (`memory_token_counter`); None: the recorded counts
+    method: str = '',                   # how `count` counts, for the table
 ) -> pd.DataFrame:
-    "Average memory tokens, R@100 and R@100 per 100 memory tokens of each row's setting, beside the paper's T4."
+    "Average memory tokens (T3's memory text), R@100 and R@100 per 100 memory tokens of each row, beside the paper's."
     out = []
     for r in rows:
         t = traj[traj['setting'] == r.setting] if len(traj) else traj
         if 'has_local_memory' in t and t['has_local_memory'].eq(True).any(): t = t[t['has_local_memory'].eq(True)]
         row = {**r.labels, 'setting': r.setting, 'queries': len(t)}
-        tokens = (pd.to_numeric(t['memory_tokens'], errors='coerce') if 'memory_tokens' in t
-                  else pd.Series(np.nan, index=t.index))
+        recorded = (pd.to_numeric(t['memory_tokens'], errors='coerce') if 'memory_tokens' in t
+                    else pd.Series(np.nan, index=t.index))
+        tokens = memory_read_tokens(t, count) if count is not None and 'memory_text' in t else recorded
         row['avg_memory_tokens'] = float(tokens.mean()) if len(t) and tokens.notna().all() else np.nan
+        row['avg_memory_tokens_with_ids'] = float(recorded.mean()) if len(t) and recorded.notna().all() else np.nan
         row['R@100'] = float(recall_at_k(t['rank'].to_numpy(), 100).mean()) if len(t) else np.nan
         row['efficiency'] = 100 * row['R@100'] / row['avg_memory_tokens'] if row['avg_memory_tokens'] > 0 else np.nan
         p = (paper[paper['memory_setting'] == r.paper['memory_setting']] if paper is not None and r.paper
              else pd.DataFrame())
         for ours, theirs in _EFF: row[f'{ours} (paper)'] = float(p[theirs].iloc[0]) if len(p) else np.nan
         row['paper llm'] = p['llm'].iloc[0] if len(p) else ''
+        row['memory tokens'] = (f"{MEMORY_TOKENS_DEFINITION}; {method or 'counted'}" if count is not None
+                                else 'as recorded by the retrieval stage, entry ids included')
         row['data'] = data_label
         row['note'] = (f"no finished trajectories of setting '{r.setting}'" if not len(t) else
                        'records lack memory_tokens' if not tokens.notna().all() else '')
         out.append(row)
-    cols = ['memory setting', 'setting', 'queries', *[c for o, _ in _EFF for c in (o, f'{o} (paper)')], 'paper llm',
-            'data', 'note']
+    cols = ['memory setting', 'setting', 'queries', *[c for o, _ in _EFF for c in (o, f'{o} (paper)')],
+            'avg_memory_tokens_with_ids', 'memory tokens', 'paper llm', 'data', 'note']
     return pd.DataFrame(out, columns=cols)
 
 # %% ../nbs/08_efficiency.ipynb #2dc4d7de
@@ -266,7 +273,10 @@ def efficiency_run(
     traj = read_trajectories(run.trajectories)
     from mrrec.agent import AgentConfig
     specs = token_efficiency_specs(set(traj['setting']) if len(traj) else (), run.profile.section(AgentConfig))
-    t['t4_token_efficiency'] = token_efficiency_table(traj, specs, paper_numbers('table4_token_efficiency'), label)
+    count, method = memory_token_counter(run, traj['memory_tokens_method'].dropna().unique()
+                                         if 'memory_tokens_method' in traj else ())
+    t['t4_token_efficiency'] = token_efficiency_table(traj, specs, paper_numbers('table4_token_efficiency'), label,
+                                                      count, method)
     t['timings_notebooks'] = notebook_timings(run)
     ledger = run.logs / 'model_calls.jsonl'
     t['timings_model_calls'] = model_call_timings(run_ledger(run).records() if ledger.is_file() else [])

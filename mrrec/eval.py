@@ -4,69 +4,28 @@
 
 # %% ../nbs/07_eval.ipynb #42125452
 from __future__ import annotations
+import dataclasses, json, os, re, time
+from dataclasses import dataclass, field
+from pathlib import Path
 import numpy as np
 import pandas as pd
+from .core import ConfigError, Run, atomic_write, paper_numbers, read_json, write_json, write_table
 from .metrics import (DEFAULT_KS, NOT_MEASURED, bootstrap_ci, format_ci, metric_columns, metric_table,
                            paired_comparison, plot_bars, plot_lines, pyplot_agg, readable_table, recall_at_k,
                            save_figure, setting_rows)
 from .text import clip_text, content_words
 from .experiments import RowSpec, experiment_specs, read_trajectories, trajectory_settings
+# the [eval] table and T3 are nbs/07a_memory_contribution
+from .contribution import (EvalConfig, GLOBAL_HEADING, MEMORY_KINDS, contribution_inputs,
+                                heuristic_contribution, llm_contribution, memory_read_tokens, memory_text,
+                                memory_token_counter, t3_stage, t3_table)
 
 # %% auto #0
-__all__ = ['PAPER_METRICS', 'JUDGE_SYSTEM', 'JUDGE_QUESTIONS', 'MEMORY_NAMES', 'JUDGE_EXAMPLES', 'JUDGE_CONTROLS', 'MEMORY_KINDS',
-           'GLOBAL_HEADING', 'F4_QUANTITIES', 'F4_PAPER', 'F4_PANELS', 'F6_METRICS', 'RATE_COLUMNS', 'PAIRED_METRICS',
-           'FINDING_METRICS', 'FINDING_COLUMNS', 'RESULTS_SECTIONS', 'EVAL_TABLES', 'EvalConfig', 'run_data_label',
-           'experiment_table', 'memory_text', 'keyword_contribution', 'judge_prompt', 'parse_judgement',
-           'prompt_aspects', 'strip_entry_ids', 'contribution_inputs', 'heuristic_contribution', 'llm_contribution',
-           't3_table', 'read_reward_logs', 'f4_summary', 'plot_reward_trajectories', 'curve_table', 'f6_table',
+__all__ = ['PAPER_METRICS', 'F4_QUANTITIES', 'F4_PAPER', 'F4_PANELS', 'F6_METRICS', 'RATE_COLUMNS', 'PAIRED_METRICS',
+           'FINDING_METRICS', 'FINDING_COLUMNS', 'RESULTS_SECTIONS', 'EVAL_TABLES', 'run_data_label',
+           'experiment_table', 'read_reward_logs', 'f4_summary', 'plot_reward_trajectories', 'curve_table', 'f6_table',
            'with_behaviour_rates', 't1_paired_differences', 'memory_token_finding', 'findings_table',
            'best_baseline_line', 'write_results', 'evaluate_run', 'eval_main']
-
-# %% ../nbs/07_eval.ipynb #66975467
-import dataclasses, json, os, re, time
-from dataclasses import dataclass, field
-from pathlib import Path
-from .core import ConfigError, Run, atomic_write, paper_numbers, read_json, write_json, write_table
-
-@dataclass(frozen=True)
-class EvalConfig:
-    "Settings of the evaluation and efficiency stages (`[eval]` in a profile)."
-    section = 'eval'
-    ks: tuple[int, ...] = DEFAULT_KS                              # cutoffs of the per-query metrics
-    curve_ks: tuple[int, ...] = (10, 20, 50, 100, 200, 500, 1000)  # F5's x axis
-    min_keyword_overlap: int = 1          # T3 heuristic: memory keywords (not in the query) the other text must share
-    judge: bool = True                    # T3: also judge with the run's LLM
-    judge_llm_section: str = 'llm'        # profile table of the judging LLM ([llm] = the run's LLM)
-    judge_queries: int = 0                # queries judged per memory type (0 = all that have that memory)
-    judge_examples: bool = True           # a worked yes and no example before each question (small models need them)
-    judge_controls: bool = True           # also judge 4 hand-made cases with known answers, to show how far to trust it
-    judge_max_new_tokens: int = 24
-    judge_memory_chars: int = 600         # memory text shown to the judge
-    judge_text_chars: int = 400           # profile / item text shown to the judge
-    scaling_pool_sizes: tuple[int, ...] = (1000, 3000, 10000, 30000)   # 08: item-search time vs pool size
-    scaling_queries: int = 50
-    scaling_repeats: int = 3
-    scaling_dim: int = 384                # dense search timing on random unit vectors of this dimension
-    bootstrap_samples: int = 1000         # resamples of every interval (over queries; the seed is the run's)
-    ci_level: float = 0.95                # coverage of every interval
-
-    def __post_init__(self):
-        bad = []
-        if not self.ks or min(self.ks) < 1: bad.append(f"ks must be positive cutoffs, got {self.ks}")
-        if not self.curve_ks or min(self.curve_ks) < 1:
-            bad.append(f"curve_ks must be positive cutoffs, got {self.curve_ks}")
-        if self.min_keyword_overlap < 1: bad.append(f"min_keyword_overlap must be >= 1, got {self.min_keyword_overlap}")
-        if self.judge_queries < 0: bad.append(f"judge_queries must be >= 0 (0 = all), got {self.judge_queries}")
-        if self.judge_max_new_tokens < 1: bad.append("judge_max_new_tokens must be >= 1")
-        if min(self.judge_memory_chars, self.judge_text_chars) < 20:
-            bad.append("judge_memory_chars and judge_text_chars must be >= 20")
-        if not self.scaling_pool_sizes or min(self.scaling_pool_sizes) < 10:
-            bad.append(f"scaling_pool_sizes must be >= 10, got {self.scaling_pool_sizes}")
-        if self.scaling_queries < 1 or self.scaling_repeats < 1 or self.scaling_dim < 1:
-            bad.append("scaling_queries, scaling_repeats and scaling_dim must be >= 1")
-        if self.bootstrap_samples < 1: bad.append(f"bootstrap_samples must be >= 1, got {self.bootstrap_samples}")
-        if not 0 < self.ci_level < 1: bad.append(f"ci_level must be in (0, 1), got {self.ci_level}")
-        if bad: raise ValueError('[eval] ' + '; '.join(bad))
 
 # %% ../nbs/07_eval.ipynb #253e87b0
 PAPER_METRICS = ('R@100', 'R@10', 'N@100', 'N@10')
@@ -129,268 +88,6 @@ def experiment_table(
     cols = [*label_cols, 'setting', 'category', 'queries',
             *[c for m in metrics for c in (m, f'{m} lo', f'{m} hi', f'{m} (paper)')], 'paper row', 'data', 'note']
     return pd.DataFrame(out, columns=cols)
-
-# %% ../nbs/07_eval.ipynb #cb049537
-def memory_text(
-    value,  # a memory field of a trajectory record
-) -> str:
-    "The text of a trajectory's memory field: a string, a list of entries (dicts with `text`, or strings), a mapping."
-    if value is None or (isinstance(value, float) and np.isnan(value)): return ''
-    if isinstance(value, str): return value
-    if isinstance(value, dict):
-        return str(value['text']) if 'text' in value else ' \n'.join(f"{k}: {memory_text(v)}" for k, v in value.items())
-    if isinstance(value, (list, tuple, np.ndarray)): return ' \n'.join(t for t in (memory_text(v) for v in value) if t)
-    return str(value)
-
-def keyword_contribution(
-    memories,              # memory texts, one per row
-    others,                # the texts they should reach (profiles or items)
-    queries,               # the requests (their words add nothing)
-    min_overlap: int = 1,  # shared keywords needed
-) -> np.ndarray:
-    "Per row: 1 if the memory's keywords beyond the query share >= `min_overlap` words with `others`; NaN: none."
-    out = []
-    for mem, other, q in zip(memories, others, queries):
-        added = content_words(mem) - content_words(q)
-        out.append(np.nan if not added else float(len(added & content_words(other)) >= min_overlap))
-    return np.array(out, dtype=float)
-
-# %% ../nbs/07_eval.ipynb #0ccb2c81
-from .text import parse_llm_json
-
-JUDGE_SYSTEM = "You check whether a shopping assistant's memory was useful. Answer with JSON only."
-JUDGE_QUESTIONS = {
-    'MPC': ('Ideal item profile the assistant wrote',
-            'Does this profile use information from the memory, beyond what the request itself says?', 'used'),
-    'MRC': ('Item the user actually bought',
-            'Is the memory relevant to this item: does it name preferences or aspects that the item matches?',
-            'relevant')}
-MEMORY_NAMES = {'global': 'Cross-user memory (aspects shoppers weigh)', 'local': "This user's memory"}
-
-# Worked examples (one yes, one no per measure) and control cases with known answers (distinct from the examples).
-JUDGE_EXAMPLES = {
-    'MPC': [('a lamp for reading', 'Prefers brass finishes and warm light', 'A brass desk lamp with warm light', True),
-            ('a kettle', 'Likes bright red colours', 'A stainless steel kettle, grey, 1.7 litres', False)],
-    'MRC': [('a backpack for hiking', 'Values waterproof materials and many pockets',
-             'Waterproof hiking backpack with six pockets', True),
-            ('a phone case', 'Prefers leather and dark colours', 'Clear silicone phone case with glitter', False)]}
-JUDGE_CONTROLS = [
-    ('MPC', 'running shoes', 'Prefers a wide fit and neutral grey colours', 'Grey running shoes in a wide fit', True),
-    ('MPC', 'a desk chair', 'Loves floral patterns and pastel colours',
-     'An ergonomic mesh office chair with lumbar support', False),
-    ('MRC', 'a water bottle', 'Prefers insulated steel bottles that keep drinks cold',
-     'Insulated stainless steel water bottle, keeps drinks cold for 24 hours', True),
-    ('MRC', 'a screwdriver set', 'Likes silk scarves in bright colours', 'Magnetic screwdriver set with 32 bits',
-     False)]
-
-def _question(measure, memory_type, query, memory, other, memory_chars, text_chars) -> str:
-    title, question, key = JUDGE_QUESTIONS[measure]
-    clip = lambda s, n: clip_text(s, n, at_word=False, mark='...')
-    return (f"Request: {clip(query, text_chars)}\n\n{MEMORY_NAMES[memory_type]}:\n{clip(memory, memory_chars)}\n\n"
-            f"{title}:\n{clip(other, text_chars)}\n\nQuestion: {question}\n"
-            f'Answer with JSON only: {{"{key}": true}} or {{"{key}": false}}')
-
-def judge_prompt(
-    measure: str,             # 'MPC' or 'MRC'
-    memory_type: str,         # 'global' or 'local'
-    query: str,               # the request
-    memory: str,              # the memory text shown
-    other: str,               # the profile (MPC) or the bought item's text (MRC)
-    memory_chars: int = 600,  # memory characters shown
-    text_chars: int = 400,    # request / profile / item characters shown
-    examples: bool = False,   # precede the question with a worked yes and no example
-) -> list[dict]:
-    "Chat messages asking the judge whether `memory` contributed to the profile (MPC) or matches the bought item (MRC)."
-    msgs = [{'role': 'system', 'content': JUDGE_SYSTEM}]
-    if examples:
-        key = JUDGE_QUESTIONS[measure][2]
-        for q, mem, oth, ans in JUDGE_EXAMPLES[measure]:
-            msgs += [{'role': 'user', 'content': _question(measure, 'local', q, mem, oth, memory_chars, text_chars)},
-                     {'role': 'assistant', 'content': json.dumps({key: ans})}]
-    return msgs + [{'role': 'user', 'content': _question(measure, memory_type, query, memory, other, memory_chars,
-                                                         text_chars)}]
-
-_YES, _NO = {'yes', 'true', 'y', '1'}, {'no', 'false', 'n', '0'}
-
-# %% ../nbs/07_eval.ipynb #2822bb9d
-def _verdict(v):
-    if isinstance(v, bool): return v
-    if isinstance(v, (int, float)) and v in (0, 1): return bool(v)
-    if isinstance(v, str) and v.strip().lower().strip('.!') in _YES | _NO: return v.strip().lower().strip('.!') in _YES
-    return None
-
-def parse_judgement(
-    text: str | None,  # the judge's answer
-) -> tuple[bool | None, str]:
-    "(verdict, how) of a judge's answer: JSON (near-JSON too), else a leading yes/no; (None, 'failed') otherwise."
-    p = parse_llm_json(text, expect=dict)
-    if p.ok and p.value:
-        for k in ('used', 'relevant', 'answer', 'contributes', 'verdict'):
-            if k in p.value and (v := _verdict(p.value[k])) is not None: return v, 'json'
-        vals = [v for v in map(_verdict, p.value.values()) if v is not None]
-        if len(vals) == 1: return vals[0], 'json'
-    m = re.match(r'\W*(yes|no|true|false)\b', str(text or ''), re.I)
-    if m: return m.group(1).lower() in _YES, 'word'
-    return None, 'failed'
-
-# %% ../nbs/07_eval.ipynb #93988652
-MEMORY_KINDS = ('global', 'local')
-GLOBAL_HEADING = 'Aspects shoppers weigh in this scenario:'
-_NO_ASPECTS = '(none recorded)'
-
-def prompt_aspects(
-    messages,    # the trajectory's messages
-    query: str,  # the request whose prompt is read
-) -> str:
-    "The global aspects shown with `query`: the GLOBAL_HEADING block of that request's last user message."
-    head = f'Request: {query}\n'
-    for m in reversed(messages or []):
-        c = m.get('content') if isinstance(m, dict) else None
-        if m.get('role') == 'user' and isinstance(c, str) and c.startswith(head):
-            if GLOBAL_HEADING not in c: return ''
-            block = c.split(GLOBAL_HEADING + '\n', 1)[-1].split('\nMemory entries of this user:', 1)[0].strip()
-            return '' if block == _NO_ASPECTS else block
-    return ''
-
-def strip_entry_ids(
-    text: str,  # memory text with `[entry id]` tags
-) -> str:
-    "Memory text without its `[entry id]` tags."
-    return re.sub(r'\[[^\]\n]*\]\s*', '', text or '').strip()
-
-def contribution_inputs(
-    traj: pd.DataFrame,      # trajectory records
-    items: pd.DataFrame,     # the item pool (`item_id`, `metadata`)
-    setting: str = 'mrrec',  # the setting whose queries are read
-) -> pd.DataFrame:
-    "One row per query of `setting`: qid, query, profile, global, local (memory texts), target_text (bought item)."
-    cols = ['qid', 'query', 'profile', *MEMORY_KINDS, 'target_text']
-    t = traj[traj['setting'] == setting] if len(traj) else traj
-    if not len(t): return pd.DataFrame(columns=cols)
-    get = lambda c: t[c] if c in t else pd.Series([None] * len(t), index=t.index)
-    text = items.drop_duplicates('item_id').set_index('item_id')['metadata']
-    profile = get('profile').where(get('profile').fillna('').astype(str).str.strip().astype(bool),
-                                   get('salvaged_profile'))
-    out = pd.DataFrame({'qid': t['qid'].astype(str).to_numpy(), 'query': get('query').fillna('').astype(str).to_numpy(),
-                        'profile': profile.fillna('').astype(str).to_numpy()})
-    gm = get('global_memory')
-    out['global'] = [memory_text(g) if g is not None and g == g else prompt_aspects(msgs, q)
-                     for g, msgs, q in zip(gm, get('messages'), out['query'])]
-    out['local'] = [strip_entry_ids(memory_text(v)) for v in get('memory_text')]
-    out['target_text'] = get('item_id').map(text).fillna('').astype(str).to_numpy()
-    return out[cols]
-
-# %% ../nbs/07_eval.ipynb #b106afd5
-def _why_none(inputs: pd.DataFrame, m: str, measure: str) -> str:
-    "Why no query of `inputs` can be scored for memory `m` and `measure`."
-    has = inputs[m].astype(str).str.strip().astype(bool) if len(inputs) else pd.Series(dtype=bool)
-    if not has.any(): return f'no query saw {m} memory'
-    other = inputs.loc[has, 'profile' if measure == 'MPC' else 'target_text'].astype(str).str.strip().astype(bool)
-    if not other.any():
-        if measure == 'MPC': return f'no query with {m} memory has a parsed profile'
-        return "the bought items' text is unknown"
-    return ''
-
-def heuristic_contribution(
-    inputs: pd.DataFrame,  # `contribution_inputs`
-    min_overlap: int = 1,  # shared keywords needed
-) -> pd.DataFrame:
-    "Per (memory type, measure): share of queries whose memory keywords reach the profile / the bought item."
-    rows = []
-    for m in MEMORY_KINDS:
-        for measure, other in (('MPC', 'profile'), ('MRC', 'target_text')):
-            v = keyword_contribution(inputs[m], inputs[other], inputs['query'],
-                                     min_overlap) if len(inputs) else np.array([])
-            if len(v):   # no profile / item text: not counted
-                v[~inputs[other].astype(str).str.strip().astype(bool).to_numpy()] = np.nan
-            n = int((~np.isnan(v)).sum())
-            rows.append({'memory': m, 'measure': measure, 'judge': 'heuristic',
-                         'value': float(np.nanmean(v)) if n else np.nan, 'queries': n, 'failures': 0,
-                         'note': '' if n else _why_none(inputs, m, measure) or 'no memory keyword beyond the query'})
-    return pd.DataFrame(rows)
-
-def _natural(qids: pd.Series) -> pd.Series:
-    "A sort key that puts numeric ids in numeric order ('2' before '10')."
-    return qids.astype(str).map(lambda q: (len(q), q) if q.isdigit() else (float('inf'), q))
-
-# %% ../nbs/07_eval.ipynb #70a29c9d
-def llm_contribution(
-    inputs: pd.DataFrame,           # `contribution_inputs`
-    llm,                            # the judge: a mrrec.llm model (`generate`)
-    cfg: EvalConfig | None = None,  # judge settings ([eval]); None: the defaults
-    stage: str = 'eval.judge',      # the ledger's stage name
-    progress: bool = False,         # show a progress bar
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    "LLM-judged MPC / MRC: (summary per memory type and measure, with control cases right; one row per judged answer)."
-    cfg = cfg or EvalConfig()
-    jobs = []
-    for m in MEMORY_KINDS:
-        sub = inputs[inputs[m].str.strip().astype(bool)] if len(inputs) else inputs
-        sub = sub.sort_values('qid', key=_natural, kind='stable')
-        if cfg.judge_queries: sub = sub.head(cfg.judge_queries)
-        for _, r in sub.iterrows():
-            for measure, other in (('MPC', 'profile'), ('MRC', 'target_text')):
-                if not str(r[other]).strip():
-                    continue      # no profile was parsed / the item is unknown: nothing to judge
-                jobs.append({'qid': r['qid'], 'memory': m, 'measure': measure, 'expected': None,
-                             'prompt': judge_prompt(measure, m, r['query'], r[m], r[other], cfg.judge_memory_chars,
-                                                    cfg.judge_text_chars, cfg.judge_examples)})
-    if jobs and cfg.judge_controls:
-        jobs += [{'qid': f'control-{i}', 'memory': 'control', 'measure': measure, 'expected': ans,
-                  'prompt': judge_prompt(measure, 'local', q, mem, oth, cfg.judge_memory_chars, cfg.judge_text_chars,
-                                         cfg.judge_examples)}
-                 for i, (measure, q, mem, oth, ans) in enumerate(JUDGE_CONTROLS)]
-    answers = llm.generate([j['prompt'] for j in jobs], max_new_tokens=cfg.judge_max_new_tokens, temperature=0.0,
-                           stage=stage, progress=progress) if jobs else []
-    detail = pd.DataFrame([{'qid': j['qid'], 'memory': j['memory'], 'measure': j['measure'], 'expected': j['expected'],
-                            'answer': a.text,
-                            **dict(zip(('verdict', 'how'), parse_judgement(a.text)))} for j, a in zip(jobs, answers)],
-                          columns=['qid', 'memory', 'measure', 'expected', 'answer', 'verdict', 'how'])
-    rows = []
-    for m in MEMORY_KINDS:
-        for measure in ('MPC', 'MRC'):
-            d = detail[(detail['memory'] == m) & (detail['measure'] == measure)]
-            ok = d[d['how'] != 'failed']
-            c = detail[(detail['memory'] == 'control') & (detail['measure'] == measure)]
-            note = '' if len(ok) else 'no answer could be read' if len(d) else _why_none(inputs, m, measure)
-            rows.append({'memory': m, 'measure': measure, 'judge': 'llm',
-                         'value': float(ok['verdict'].astype(float).mean()) if len(ok) else np.nan,
-                         'queries': len(ok), 'failures': int((d['how'] == 'failed').sum()),
-                         'controls': f"{int((c['verdict'] == c['expected']).sum())}/{len(c)} right" if len(c) else '',
-                         'note': note})
-    return pd.DataFrame(rows), detail
-
-# %% ../nbs/07_eval.ipynb #b58e2eeb
-def t3_table(
-    heuristic: pd.DataFrame,            # `heuristic_contribution`
-    llm: pd.DataFrame | None,           # `llm_contribution`'s summary, or None
-    paper: pd.DataFrame | None = None,  # the paper's Table 3, or None
-    data_label: str = '',               # what the numbers are measured on
-    notes: dict | None = None,          # {judge: note} overriding the rows' notes
-) -> pd.DataFrame:
-    "T3 in the paper's order (global then local; MPC then MRC; heuristic then LLM), each value beside the paper's."
-    parts = [heuristic] + ([llm] if llm is not None else [])
-    got = pd.concat(parts, ignore_index=True).set_index(['memory', 'measure', 'judge'])
-    rows = []
-    for m in MEMORY_KINDS:
-        for measure in ('MPC', 'MRC'):
-            for judge in ('heuristic', 'llm'):
-                key = (m, measure, judge)
-                have = key in got.index
-                pv = np.nan
-                if paper is not None:
-                    pick = (paper['memory_type'] == m) & (paper['measure'] == measure) & (paper['judge'] == judge)
-                    sel = paper[pick]['value']
-                    pv = float(sel.iloc[0]) if len(sel) else np.nan
-                note = (notes or {}).get(judge) or (got.loc[key, 'note'] if have and 'note' in got.columns else '')
-                if not isinstance(note, str): note = ''
-                ctrl = got.loc[key, 'controls'] if have and 'controls' in got.columns else ''
-                rows.append({'memory': m, 'measure': measure, 'judge': judge,
-                             'value': float(got.loc[key, 'value']) if have else np.nan, 'paper': pv,
-                             'queries': int(got.loc[key, 'queries']) if have else 0,
-                             'failures': int(got.loc[key, 'failures']) if have else 0,
-                             'judge controls': ctrl if isinstance(ctrl, str) else '', 'data': data_label, 'note': note})
-    return pd.DataFrame(rows)
 
 # %% ../nbs/07_eval.ipynb #0bd0cb96
 F4_QUANTITIES = ('format_reward', 'memory_reward', 'rec_reward', 'total_reward', 'recall')
@@ -675,8 +372,9 @@ def write_results(
              "below 0, and *cannot tell at this size* otherwise.", '']
     lines += [f"- **{r.claim}** - {r.comparison}: **{r.verdict}**. {r.evidence}."
               for r in tables['findings'].itertuples()]
-    lines += ['', "The memory-token findings are computed from the trajectories: T4 (`08_efficiency`) runs after this "
-              "stage.", '', "[The findings as a table](tables/findings.csv)", '']
+    lines += ['', "The memory-token findings are computed from the trajectories, counting memory as T4 does (the "
+              "entries' text, without their id tags): T4 (`08_efficiency`) runs after this stage.", '',
+              "[The findings as a table](tables/findings.csv)", '']
     shown = {s[0] for s in RESULTS_SECTIONS} | {'findings'}
     others = [(n, n, 'another table of this stage', None) for n in tables if n not in shown]
     for name, head, caption, fig in [s for s in RESULTS_SECTIONS if s[0] in tables] + others:
@@ -707,29 +405,6 @@ def _model_labels(t: pd.DataFrame, traj: pd.DataFrame, llm_name: str) -> pd.Data
     t = t.copy()
     t.insert(t.columns.get_loc('row') + 1, 'model', [one(r) for _, r in t.iterrows()])
     return t
-
-# %% ../nbs/07_eval.ipynb #aff07e3f
-def _t3_stage(run: Run, cfg: EvalConfig, traj: pd.DataFrame, t1_specs: list[RowSpec], label: str, judge_llm,
-              progress: bool) -> pd.DataFrame:
-    "T3's table: MR.Rec's trajectories (T1's row) judged by the heuristic and (if `[eval] judge`) the LLM."
-    t3_setting = next(r.setting for r in t1_specs if r.labels['row'] == 'MR.Rec')
-    items = pd.DataFrame(columns=['item_id', 'metadata'])
-    if (run.data / 'data_manifest.json').is_file():
-        from mrrec.data import load_data
-        items = load_data(run).items
-    inputs = contribution_inputs(traj, items, t3_setting)
-    heur, llm_part, notes = heuristic_contribution(inputs, cfg.min_keyword_overlap), None, {}
-    if not len(inputs): notes = {j: f"no finished trajectories of setting '{t3_setting}'" for j in ('heuristic', 'llm')}
-    elif not cfg.judge: notes = {'llm': 'LLM judge off ([eval] judge = false)'}
-    else:
-        if judge_llm is None:
-            from mrrec.backends import load_llm_for_run
-            judge_llm = load_llm_for_run(run, cfg.judge_llm_section)
-        llm_part, detail = llm_contribution(inputs, judge_llm, cfg, progress=progress)
-        from mrrec.core import write_jsonl
-        write_jsonl(detail, run.logs / 't3_judge_answers.jsonl')
-    return t3_table(heur, llm_part, paper_numbers('table3_memory_contribution'), label,
-                    notes).assign(setting=t3_setting)
 
 # %% ../nbs/07_eval.ipynb #0017c081
 def _draw_figures(run: Run, t: dict, log: pd.DataFrame, label: str):
@@ -773,12 +448,16 @@ def evaluate_run(
     t = {'t1_overall': t1[t1['category'] == 'All'].reset_index(drop=True), 't1_by_category': t1,
          't1_paired_differences': t1_paired_differences(traj, specs['T1'], data_label=label, **ci),
          't2_local_memory': table('T2', p2), 'f3_ablation': table('F3', p2)}
-    t['t3_memory_contribution'] = _t3_stage(run, cfg, traj, specs['T1'], label, judge_llm, progress)
+    t['t3_memory_contribution'] = t3_stage(run, cfg, traj, specs['T1'], label, judge_llm, progress)
     log = read_reward_logs(run.logs)
     t['f4_reward_summary'] = f4_summary(log, label)
     t['f5_retrievers'] = curve_table(traj, specs['F5'], cfg.curve_ks, label, **ci)
     t['f6_memory_top_k'] = f6_table(traj, specs['F6'], p1, cfg.ks, label, **ci)
-    t['findings'] = findings_table(traj, specs, **ci)
+    # the memory-token claim counts memory as T4 does: the entries' text, without their id tags (07a)
+    count, _ = memory_token_counter(run, traj['memory_tokens_method'].dropna().unique()
+                                    if 'memory_tokens_method' in traj else ())
+    read = traj.assign(memory_tokens=memory_read_tokens(traj, count)) if 'memory_text' in traj else traj
+    t['findings'] = findings_table(read, specs, **ci)
     _draw_figures(run, t, log, label)
     for name, df in t.items(): write_table(df, run.tables / name)
     write_results(run, t, cfg, label)

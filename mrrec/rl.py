@@ -13,6 +13,8 @@ import pandas as pd
 from .core import (ConfigError, Run, atomic_write, load_profile, read_json, run_arg_parser, start_run,
                         stable_hash, write_json, write_table)
 from .warmstart import WarmStartConfig, load_policy, warm_policy
+from .rl_setup import (accelerate_config, check_master_weights, gpu_count, grpo_settings, launch_plan,
+                            launch_training, trainer_prompts_per_step, world_size, write_launch_files)
 
 # %% auto #0
 __all__ = ['PROTOCOLS', 'VARIANTS', 'QUERY_COLUMNS', 'F4_COLUMNS', 'POLICY_META', 'RLConfig', 'exact_target_ranks',
@@ -21,7 +23,7 @@ __all__ = ['PROTOCOLS', 'VARIANTS', 'QUERY_COLUMNS', 'F4_COLUMNS', 'POLICY_META'
            'supports_trl_tools', 'resolve_protocol', 'rl_dataset', 'grpo_args', 'lora_config', 'build_trainer',
            'mask_spans', 'tool_turn_renderer', 'verify_tool_mask', 'masked_logp_gradients', 'rollout_tool_results',
            'task_from_run', 'RewardLogCallback', 'read_reward_log', 'policy_dir', 'trained_policy', 'variant_model',
-           'save_policy', 'train_rl', 'accelerate_config', 'write_launch_files', 'agent_task', 'rl_stage', 'rl_main']
+           'save_policy', 'train_rl', 'agent_task', 'rl_stage', 'rl_main']
 
 # %% ../nbs/06_rl.ipynb #2fcdf479
 PROTOCOLS = ('auto', 'chat_tools', 'text')
@@ -46,6 +48,7 @@ def _check_rl_config(cfg) -> None:
                           f"{gen_batch} must be a multiple of num_generations = {cfg.num_generations}")
     if cfg.deepspeed_stage not in (0, 1, 2, 3):
         raise ConfigError(f"{where} deepspeed_stage must be 0..3, got {cfg.deepspeed_stage}")
+    check_master_weights(cfg.dtype, where)
     if cfg.threads < 0:
         raise ConfigError(f"{where} threads must be >= 0 (0 = torch's default), got {cfg.threads}")
 
@@ -61,7 +64,7 @@ class RLConfig:
     variants: tuple[str, ...] = ('instruct',)
     # tool protocol: 'chat_tools', 'text', or 'auto' (chat_tools iff the template renders tools)
     protocol: str = 'auto'
-    dtype: str = 'float32'                 # training weights; CPU needs float32
+    dtype: str = 'float32'                 # the weights the optimizer steps: float32 only (master weights)
     threads: int = 0                       # CPU only: torch intra-op threads for the process (0 = torch's default)
     num_generations: int = 5               # G, rollouts per prompt
     temperature: float = 1.0
@@ -94,7 +97,7 @@ class RLConfig:
     use_vllm: bool = False
     vllm_mode: str = 'colocate'
     vllm_gpu_memory_utilization: float = 0.3
-    bf16: bool = False
+    bf16: bool = False                     # bf16 compute: autocast over the fp32 weights (DeepSpeed: its bf16)
     gradient_checkpointing: bool = False
     deepspeed_stage: int = 0               # 0 = no DeepSpeed; 2 or 3 writes a ZeRO accelerate config for the launch
 
@@ -664,6 +667,9 @@ def train_rl(
     trainer = build_trainer(task, cfg, model, tok, train_rows, out_dir, run.seed, val_rows,
                             callbacks=[RewardLogCallback(log_path, variant, cfg)] + list(callbacks or []),
                             **arg_overrides)
+    if trainer_prompts_per_step(trainer) != cfg.prompts_per_step:
+        raise ConfigError(f"[rl] the trainer runs {trainer_prompts_per_step(trainer)} prompts per optimizer step in "
+                          f"{trainer.accelerator.num_processes} process(es), the profile {cfg.prompts_per_step}")
     last = get_last_checkpoint(str(out_dir)) if out_dir.is_dir() else None
     t0 = time.time()
     # F4's step 0: the starting policy's validation reward, so that the curve says what training changed
@@ -674,48 +680,11 @@ def train_rl(
             'steps': trainer.state.global_step, 'epochs': trainer.state.epoch, 'resumed_from': last,
             'best_checkpoint': trainer.state.best_model_checkpoint, 'best_metric': trainer.state.best_metric,
             'train_queries': len(train_rows), 'val_queries': 0 if val_rows is None else len(val_rows),
+            'prompts_per_step': trainer_prompts_per_step(trainer),
             'train_seconds_this_call': round(time.time() - t0, 1), 'train_loss': result.training_loss,
             'lora_merged': cfg.lora, 'reward_log': str(log_path), 'config': dataclasses.asdict(cfg)}
     save_policy(trainer, policy_dir(run, variant), meta)
     return meta
-
-# %% ../nbs/06_rl.ipynb #a80339a5
-def accelerate_config(
-    cfg: RLConfig,  # [rl] settings
-) -> dict:
-    "An accelerate launch config: DeepSpeed ZeRO-`deepspeed_stage` (or plain multi-GPU), bf16, `num_processes`."
-    base = {'compute_environment': 'LOCAL_MACHINE', 'debug': False, 'machine_rank': 0, 'main_training_function': 'main',
-            'mixed_precision': 'bf16' if cfg.bf16 else 'no', 'num_machines': 1, 'num_processes': cfg.num_processes,
-            'rdzv_backend': 'static', 'same_network': True, 'use_cpu': False, 'downcast_bf16': 'no'}
-    if cfg.deepspeed_stage:
-        base.update(distributed_type='DEEPSPEED', deepspeed_config={
-            'deepspeed_multinode_launcher': 'standard', 'offload_optimizer_device': 'none',
-                                                                    'offload_param_device': 'none',
-            'zero3_init_flag': cfg.deepspeed_stage == 3, 'zero3_save_16bit_model': cfg.deepspeed_stage == 3,
-            'zero_stage': cfg.deepspeed_stage})
-    else:
-        base.update(distributed_type='MULTI_GPU' if cfg.num_processes > 1 else 'NO')
-    return base
-
-def write_launch_files(
-    run: Run,       # the run (its checkpoints folder)
-    cfg: RLConfig,  # [rl] settings
-    profile: str,   # profile name put in the command
-) -> dict[str, Path]:
-    "Write `accelerate.yaml` and `launch.sh` (the multi-GPU command) under `run.checkpoints/rl-launch/`."
-    import yaml
-    d = run.checkpoints / 'rl-launch'
-    cfg_path, sh_path = d / 'accelerate.yaml', d / 'launch.sh'
-    with atomic_write(cfg_path) as f: yaml.safe_dump(accelerate_config(cfg), f, sort_keys=True)
-    cmd = (f'accelerate launch --config_file "{cfg_path}" "$(command -v mrrec)" rl --profile "{profile}" '
-           f'--out "{run.root.resolve()}" --seed {run.seed}')
-    with atomic_write(sh_path) as f:
-        f.write('#!/usr/bin/env bash\n# GRPO stage of mrrec on several GPUs (written by mrrec.rl.write_launch_files)\n'
-                f'# {cfg.num_processes} processes, DeepSpeed ZeRO-{cfg.deepspeed_stage}, vLLM generation: '
-                f'{cfg.use_vllm} ({cfg.vllm_mode})\n'
-                f'set -euo pipefail\nexport HF_HUB_OFFLINE=${{HF_HUB_OFFLINE:-0}}\n{cmd} "$@"\n')
-    sh_path.chmod(0o755)
-    return {'accelerate_config': cfg_path, 'launch_script': sh_path}
 
 # %% ../nbs/06_rl.ipynb #b540c22f
 def agent_task(
@@ -734,14 +703,23 @@ def agent_task(
                          memory_tool_fn(local, acfg.memory_top_k, None, acfg.entry_chars), embedder)
     return task, local
 
+# %% ../nbs/06_rl.ipynb #303af286
 def rl_stage(
     run: Run,                           # the run
     variants: list[str] | None = None,  # variants to train; None: the profile's
     resume: bool = True,                # resume from checkpoints; False starts over
 ) -> dict:
-    "Train the run's RL variants (`[rl]`) and write the F4 log table; returns {variant: policy metadata}."
+    "Train the run's RL variants (`[rl]`), in the profile's processes; F4's log and the GRPO settings as tables."
     from mrrec.data import DataConfig, load_data, plan_queries
     cfg = run.profile.section(RLConfig)
+    variants = list(variants or cfg.variants)
+    for v in variants: variant_model(cfg, v)   # a variant without a backbone is a configuration error, said first
+    batch = (f"{cfg.prompts_per_step} prompts per step = {cfg.per_device_train_batch_size} x {cfg.num_processes} x "
+             f"{cfg.gradient_accumulation_steps} / {cfg.num_generations}")
+    if launch_plan(cfg.num_processes, world_size(), gpu_count(), batch) == 'launch':
+        todo = [v for v in variants if not (resume and trained_policy(run, v))]
+        if todo: launch_training(run, cfg, str(run.profile.path), todo, restart=not resume)
+        return {v: read_json(policy_dir(run, v) / POLICY_META) for v in variants}
     bundle = load_data(run)
     task, local = agent_task(run)
     plan = plan_queries(bundle.queries, run.profile.section(DataConfig), run.seed, local.users)
@@ -750,14 +728,14 @@ def rl_stage(
     if warm and warm_policy(run) is None:
         raise ConfigError(f"profile {run.profile.name!r}: [warmstart] enabled, but {run.root} has no warm-start "
                           "policy: run the warm-start stage first (nbs/05d_warmstart)")
-    for variant in (variants or cfg.variants):
-        variant_model(cfg, variant)   # a variant without a backbone is a configuration error, said before any work
+    for variant in variants:
         start = warm_policy(run) if warm and variant == 'instruct' else None   # the warm start clones the instruct one
         trained[variant] = train_rl(run, cfg, task, train_rows, val_rows, variant=variant, resume=resume,
                                     start_from=start)
     if int(os.environ.get('RANK', '0')) == 0:   # under a multi-GPU launch, one process writes the summary
-        log = read_reward_log(run, list(trained))
-        write_table(log, run.tables / 'f4_rl_reward_log')
+        write_table(read_reward_log(run, list(trained)), run.tables / 'f4_rl_reward_log')
+        args = grpo_args(cfg, run.checkpoints / 'rl-instruct', run.seed, val_rows is not None and len(val_rows) > 0)
+        write_table(grpo_settings(args, cfg, world_size()), run.tables / 'rl_grpo_settings')
     return trained
 
 def rl_main(
