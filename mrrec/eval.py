@@ -14,7 +14,8 @@ from .metrics import (DEFAULT_KS, NOT_MEASURED, bootstrap_ci, format_ci, metric_
                            paired_comparison, plot_bars, plot_lines, pyplot_agg, readable_table, recall_at_k,
                            save_figure, setting_rows)
 from .text import clip_text, content_words
-from .experiments import RowSpec, experiment_specs, read_trajectories, trajectory_settings
+from .experiments import (POLICY_LABELS, RowSpec, check_one_policy, experiment_specs, read_trajectories,
+                                trajectory_settings)
 # the [eval] table and T3 are nbs/07a_memory_contribution
 from .contribution import (EvalConfig, GLOBAL_HEADING, MEMORY_KINDS, contribution_inputs,
                                 heuristic_contribution, llm_contribution, memory_read_tokens, memory_text,
@@ -22,7 +23,7 @@ from .contribution import (EvalConfig, GLOBAL_HEADING, MEMORY_KINDS, contributio
 
 # %% auto #0
 __all__ = ['PAPER_METRICS', 'F4_QUANTITIES', 'F4_PAPER', 'F4_PANELS', 'F6_METRICS', 'RATE_COLUMNS', 'PAIRED_METRICS',
-           'FINDING_METRICS', 'FINDING_COLUMNS', 'RESULTS_SECTIONS', 'EVAL_TABLES', 'run_data_label',
+           'FINDING_METRICS', 'FINDING_COLUMNS', 'RESULTS_SECTIONS', 'ABLATION_TABLES', 'EVAL_TABLES', 'run_data_label',
            'experiment_table', 'read_reward_logs', 'f4_summary', 'plot_reward_trajectories', 'curve_table', 'f6_table',
            'with_behaviour_rates', 't1_paired_differences', 'memory_token_finding', 'findings_table',
            'best_baseline_line', 'write_results', 'evaluate_run', 'eval_main']
@@ -61,7 +62,9 @@ def experiment_table(
     seed: int = 0,                      # the resampling seed (the run's)
     level: float = 0.95,                # the intervals' coverage
 ) -> pd.DataFrame:
-    "Each row's metrics (All, and each category if `per_category`) with bootstrap intervals, beside the paper's."
+    ("Each row's metrics (All, and each category if `per_category`) with bootstrap intervals, beside the paper's; "
+     "rows that must share a policy but do not are refused (`check_one_policy`).")
+    check_one_policy(rows, set(traj['setting']) if len(traj) else ())
     label_cols = list(dict.fromkeys(k for r in rows for k in r.labels))
     settings = [r.setting for r in rows if r.setting]
     have = traj[traj['setting'].isin(settings)] if len(traj) else traj
@@ -174,19 +177,20 @@ def curve_table(
     level: float = 0.95,                   # the intervals' coverage
 ) -> pd.DataFrame:
     "R@k and N@k with intervals for each k, one line per row's setting (its first label); a missing one: a note row."
-    cols = ['system', 'setting', 'k', *[c for m in ('R@k', 'N@k') for c in (m, f'{m} lo', f'{m} hi')], 'queries',
+    check_one_policy(rows, set(traj['setting']) if len(traj) else ())
+    cols = ['system', 'policy', 'setting', 'k', *[c for m in ('R@k', 'N@k') for c in (m, f'{m} lo', f'{m} hi')], 'queries',
             'data', 'note']
     out = []
     for spec in rows:
         name = next(iter(spec.labels.values()))
         r = traj.loc[traj['setting'] == spec.setting, 'rank'].to_numpy() if len(traj) else np.array([])
         if not len(r):
-            out.append({'system': name, 'setting': spec.setting, 'queries': 0, 'data': data_label,
+            out.append({'system': name, 'policy': spec.labels.get('policy', ''), 'setting': spec.setting, 'queries': 0, 'data': data_label,
                         'note': spec.note or f"no finished trajectories of setting '{spec.setting}'"}); continue
         per_query = metric_columns(r, ks)
         mean, ci = per_query.mean(), bootstrap_ci(per_query.to_numpy(), n_boot, seed, level)
         lo, hi = (pd.Series(v, index=per_query.columns) for v in ci)
-        out += [{'system': name, 'setting': spec.setting, 'k': k, 'queries': len(r), 'data': data_label, 'note': '',
+        out += [{'system': name, 'policy': spec.labels.get('policy', ''), 'setting': spec.setting, 'k': k, 'queries': len(r), 'data': data_label, 'note': '',
                  **{f'{m}@k{e}': v[f'{m}@{k}'] for m in 'RN' for e, v in (('', mean), (' lo', lo), (' hi', hi))}}
                 for k in ks]
     return pd.DataFrame(out, columns=cols)
@@ -336,14 +340,30 @@ RESULTS_SECTIONS = (   # (table, heading, caption, figure), in the paper's order
     ('f6_memory_top_k', "Figure 6: memory top-k", "local-memory entries per tool call", 'f6_memory_top_k.png'),
     ('t1_by_category', "Table 1, per category", "T1's rows for each category", None))
 
-def _caption(text: str, df: pd.DataFrame, label: str) -> str:
-    "A table's one-line caption: what it shows, the data (synthetic?) and its query count."
+ABLATION_TABLES = ('t2_local_memory', 'f3_ablation', 'f5_retrievers', 'f6_memory_top_k')
+
+def _policy_words(df: pd.DataFrame, ablation: bool) -> str:
+    "Who answered the rows that ran: each policy with its rows (by count when more than two)."
+    if 'policy' not in df or 'queries' not in df: return ''
+    ran = df[(pd.to_numeric(df['queries'], errors='coerce') > 0) & (df['policy'].fillna('') != '')]
+    key = next((c for c in ('row', 'system', 'memory top-k') if c in df), None)
+    if not len(ran) or key is None: return ''
+    parts = []
+    for p, g in ran.groupby('policy', sort=False):
+        names = list(dict.fromkeys(g[key].astype(str)))
+        parts.append(f"{p} ({', '.join(names) if len(names) <= 2 else f'{len(names)} rows'})")
+    once = ablation and POLICY_LABELS['trained'] in set(ran['policy'])
+    return "; answered by: " + ', '.join(parts) + (" (one trained policy under each ablated memory, not one "
+                                                    "retrained per ablation as in the paper)" if once else '')
+
+def _caption(text: str, df: pd.DataFrame, label: str, ablation: bool = False) -> str:
+    "A table's one-line caption: what it shows, the data (synthetic?), its query count and who answered the rows."
     data = f"{label}, synthetic data" if 'SynthC4' in label else label
     n = pd.to_numeric(df['queries'], errors='coerce') if 'queries' in df else pd.Series(dtype=float)
     n = n[n > 0]   # rows that ran
     q = ('' if 'queries' not in df else '; no row has finished trajectories' if not len(n) else
          f"; {int(n.min())} queries per row" if n.min() == n.max() else f"; {int(n.min())}-{int(n.max())} queries")
-    return f"*{text}. On {data}{q}.*"
+    return f"*{text}. On {data}{q}{_policy_words(df, ablation)}.*"
 
 def best_baseline_line(
     paired: pd.DataFrame,  # `t1_paired_differences`
@@ -378,7 +398,7 @@ def write_results(
     shown = {s[0] for s in RESULTS_SECTIONS} | {'findings'}
     others = [(n, n, 'another table of this stage', None) for n in tables if n not in shown]
     for name, head, caption, fig in [s for s in RESULTS_SECTIONS if s[0] in tables] + others:
-        lines += [f'## {head}', '', _caption(caption, tables[name], label), '', readable_table(tables[name]), '']
+        lines += [f'## {head}', '', _caption(caption, tables[name], label, name in ABLATION_TABLES), '', readable_table(tables[name]), '']
         if name == 't1_overall' and 't1_paired_differences' in tables:
             lines += [best_baseline_line(tables['t1_paired_differences']), '']
         if fig and (run.figures / fig).exists(): lines += [f'![{head}](figures/{fig})', '']

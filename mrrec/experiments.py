@@ -151,9 +151,12 @@ def experiment_settings(
     cfg, have = agent_cfg or AgentConfig(), set(available)
     rows = list(EXPERIMENT_ROWS) + [('F6', f'k={k}', 'mrrec' if k == cfg.memory_top_k else f'mrrec_k{k}',
                                      True) for k in cfg.f6_top_k]
-    def prefer(exp, pref): return pref and (exp not in ABLATIONS or cfg.ablation_policy == 'trained')
-    return pd.DataFrame([{'experiment': e, 'row': r, 'setting': row_setting(n, prefer(e, pref), have)}
-                         for e, r, n, pref in rows], columns=['experiment', 'row', 'setting'])
+    def pick(exp, name, pref):
+        if exp not in ABLATIONS: return row_setting(name, pref, have)
+        if pref and cfg.ablation_policy == 'trained': return f'{name}_rl'   # like with like: the trained copy only
+        return row_setting(name, False, have)
+    return pd.DataFrame([{'experiment': e, 'row': r, 'setting': pick(e, n, pref)} for e, r, n, pref in rows],
+                        columns=['experiment', 'row', 'setting'])
 
 def experiment_rows(
     available: Sequence[str],        # the settings that were run
