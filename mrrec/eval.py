@@ -178,19 +178,21 @@ def curve_table(
 ) -> pd.DataFrame:
     "R@k and N@k with intervals for each k, one line per row's setting (its first label); a missing one: a note row."
     check_one_policy(rows, set(traj['setting']) if len(traj) else ())
-    cols = ['system', 'policy', 'setting', 'k', *[c for m in ('R@k', 'N@k') for c in (m, f'{m} lo', f'{m} hi')], 'queries',
+    cols = ['system', 'policy', 'setting', 'k', *[c for m in ('R@k', 'N@k') for c in (m, f'{m} lo', f'{m} hi')],
+            'queries',
             'data', 'note']
     out = []
     for spec in rows:
         name = next(iter(spec.labels.values()))
+        who = {'system': name, 'policy': spec.labels.get('policy', ''), 'setting': spec.setting}
         r = traj.loc[traj['setting'] == spec.setting, 'rank'].to_numpy() if len(traj) else np.array([])
         if not len(r):
-            out.append({'system': name, 'policy': spec.labels.get('policy', ''), 'setting': spec.setting, 'queries': 0, 'data': data_label,
+            out.append({**who, 'queries': 0, 'data': data_label,
                         'note': spec.note or f"no finished trajectories of setting '{spec.setting}'"}); continue
         per_query = metric_columns(r, ks)
         mean, ci = per_query.mean(), bootstrap_ci(per_query.to_numpy(), n_boot, seed, level)
         lo, hi = (pd.Series(v, index=per_query.columns) for v in ci)
-        out += [{'system': name, 'policy': spec.labels.get('policy', ''), 'setting': spec.setting, 'k': k, 'queries': len(r), 'data': data_label, 'note': '',
+        out += [{**who, 'k': k, 'queries': len(r), 'data': data_label, 'note': '',
                  **{f'{m}@k{e}': v[f'{m}@{k}'] for m in 'RN' for e, v in (('', mean), (' lo', lo), (' hi', hi))}}
                 for k in ks]
     return pd.DataFrame(out, columns=cols)
@@ -398,7 +400,8 @@ def write_results(
     shown = {s[0] for s in RESULTS_SECTIONS} | {'findings'}
     others = [(n, n, 'another table of this stage', None) for n in tables if n not in shown]
     for name, head, caption, fig in [s for s in RESULTS_SECTIONS if s[0] in tables] + others:
-        lines += [f'## {head}', '', _caption(caption, tables[name], label, name in ABLATION_TABLES), '', readable_table(tables[name]), '']
+        lines += [f'## {head}', '', _caption(caption, tables[name], label, name in ABLATION_TABLES), '',
+                  readable_table(tables[name]), '']
         if name == 't1_overall' and 't1_paired_differences' in tables:
             lines += [best_baseline_line(tables['t1_paired_differences']), '']
         if fig and (run.figures / fig).exists(): lines += [f'![{head}](figures/{fig})', '']
