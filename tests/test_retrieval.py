@@ -269,7 +269,7 @@ def evaluation_queries(queries, users):
 
 
 def _ctx(memory, cfg=None, reply=_reply):
-    return StageContext(evaluation_queries(QUERIES, memory.users), POOL, memory, None, HashEmbedder(), cfg or AgentConfig(),
+    return StageContext(evaluation_queries(QUERIES, memory.users), POOL, memory, None, HashEmbedder(), cfg or AgentConfig(ablation_policy='base'),
                         RetrievalConfig(top_k=5), llm_factory=lambda policy: ScriptedLLM(reply))
 
 
@@ -285,7 +285,7 @@ def test_agent_fallback_path(memory):
     assert recs[0]['memory_used'] and _owners([{'entry_id': e} for e in recs[0]['memory_ids']]) == {'alice'}
     assert recs[3]['memory_used'] and recs[3]['memory_ids'] == [] and recs[3]['memory_tokens'] == 0   # called, nothing there
     assert summary['searched_query'] == 0.5
-    salv, _ = run_setting(reg['mrrec'], _ctx(memory, AgentConfig(salvage_profile=True)))
+    salv, _ = run_setting(reg['mrrec'], _ctx(memory, AgentConfig(ablation_policy='base', salvage_profile=True)))
     assert salv[2]['retrieval_source'] == 'salvaged' and salv[2]['search_text'] == 'merino wool beanie'
     assert search_text(parse_answer('\\boxed{"ideal_item_profile": "", "useful_memory_ids": []}'), 'q') == ('q', 'query', 'empty_profile')
 
@@ -339,7 +339,7 @@ def test_profile_agent_tables(name):
 
 
 def test_answer_prefix_is_continued_recorded_and_judged(memory):
-    ctx = _ctx(memory, AgentConfig(answer_prefix=True))
+    ctx = _ctx(memory, AgentConfig(ablation_policy='base', answer_prefix=True))
     reg = settings_registry(ctx.cfg)
     recs, summary = run_setting(reg['mrrec'], ctx)
     # alice and nobody call the tool and answer in the given box; bob's prose is continued with the prefix; carol's own
@@ -359,14 +359,14 @@ def test_answer_prefix_is_continued_recorded_and_judged(memory):
                                                  ('   ", "useful_memory_ids": ["x"]}', 'empty_profile'),
                                                  ('wool wool wool', 'unclosed_box'), ('a hat"}', 'missing_keys')])
 def test_answer_prefix_does_not_pass_a_bad_answer(memory, continuation, status):
-    ctx = _ctx(memory, AgentConfig(answer_prefix=True), reply=lambda conv: continuation if conv[-1]['role'] == 'assistant' else 'Hmm.')
+    ctx = _ctx(memory, AgentConfig(ablation_policy='base', answer_prefix=True), reply=lambda conv: continuation if conv[-1]['role'] == 'assistant' else 'Hmm.')
     recs, summary = run_setting(settings_registry(ctx.cfg)['mrrec_wo_local'], ctx)
     assert {(r['parse_status'], r['format_ok'], r['retrieval_source']) for r in recs} == {(status, False, 'query')}
     assert summary['format_ok'] == 0.0
 
 
 def test_tool_call_prefix_makes_every_first_turn_a_call(memory):
-    cfg = AgentConfig(answer_prefix=True, tool_call_prefix=True)
+    cfg = AgentConfig(ablation_policy='base', answer_prefix=True, tool_call_prefix=True)
     recs, summary = run_setting(settings_registry(cfg)['mrrec'], _ctx(memory, cfg))
     assert summary['tool_called'] == 1.0 and all(r['tool_call_prefix_used'] for r in recs)
     assert all(r['turns'][0]['prefix'] == TOOL_CALL_PREFIX and r['tool_calls'][0]['aspects'] == 'wool material' for r in recs)
@@ -392,7 +392,7 @@ def test_agent_repetition_penalty_reaches_every_generate(memory):
         def generate(self, conversations, tools=None, stop=None, **kw):
             seen.append(kw.get('repetition_penalty'))
             return super().generate(conversations, tools, stop, **kw)
-    for cfg, want in ((AgentConfig(repetition_penalty=1.1, answer_prefix=True), 1.1), (AgentConfig(), None)):
+    for cfg, want in ((AgentConfig(ablation_policy='base', repetition_penalty=1.1, answer_prefix=True), 1.1), (AgentConfig(ablation_policy='base'), None)):
         seen.clear()
         ctx = StageContext(evaluation_queries(QUERIES, memory.users), POOL, memory, None, HashEmbedder(), cfg, RetrievalConfig(top_k=5),
                            llm_factory=lambda policy: Recording(_reply))
