@@ -28,6 +28,7 @@ class EvalConfig:
     section = 'eval'
     ks: tuple[int, ...] = DEFAULT_KS                              # cutoffs of the per-query metrics
     curve_ks: tuple[int, ...] = (10, 20, 50, 100, 200, 500, 1000)  # F5's x axis
+    f5_encoders: tuple[str, ...] = ()     # F5: more dense encoders searching MR.Rec's profiles (e.g. BAAI/bge-m3)
     min_keyword_overlap: int = 1          # T3 heuristic: memory keywords (not in the query) the other text must share
     judge: bool = True                    # T3: also judge with the run's LLM
     judge_llm_section: str = 'llm'        # profile table of the judging LLM ([llm] = the run's LLM)
