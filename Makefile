@@ -9,7 +9,7 @@ TORCH_SPEC ?= torch==2.13.0
 PROFILE ?= demo
 STAMP = .make/installed
 
-.PHONY: install test reproduce export clean-nbs check-nbs bench readme
+.PHONY: install test reproduce export clean-nbs check-nbs bench readme gpu-smoke check-gpu-extra
 
 install: $(STAMP)
 
@@ -40,3 +40,14 @@ check-nbs: install
 readme:
 	$(PYTHON) -c 'import json, pathlib; cells = json.load(open("nbs/index.ipynb"))["cells"]; \
 	pathlib.Path("README.md").write_text("\n\n".join("".join(c["source"]).strip() for c in cells if c["cell_type"] == "markdown") + "\n")'
+
+# The paper code path at toy size on one GPU (scripts/gpu_smoke.py): bf16, the CUDA key/value cache, chat-template tool
+# calls, GRPO steps with masked tool tokens, faiss over a 100k pool. Install first with the GPU extra (README, "On a
+# GPU machine"); without a GPU it says "no GPU" and exits 0. The report goes to $(GPU_SMOKE_OUT)/gpu_smoke.md.
+GPU_SMOKE_OUT ?= runs/gpu-smoke
+gpu-smoke:
+	$(PYTHON) scripts/gpu_smoke.py --out $(GPU_SMOKE_OUT)
+
+# pip's resolver on mrrec[gpu] (nothing is installed): vllm, deepspeed, torch, transformers and trl must agree.
+check-gpu-extra:
+	bash scripts/check_gpu_extra.sh

@@ -19,6 +19,7 @@ lic = licenses.get(cfg['license'].lower(), (cfg['license'], None))
 min_python = cfg['min_python']
 requirements = shlex.split(cfg.get('requirements', ''))
 dev_requirements = shlex.split(cfg.get('dev_requirements', ''))
+gpu_requirements = shlex.split(cfg.get('gpu_requirements', ''))   # vLLM and DeepSpeed (GPU machines)
 console_scripts = cfg.get('console_scripts', '').split()
 
 setuptools.setup(
@@ -40,7 +41,7 @@ setuptools.setup(
     # package data read with importlib.resources (MANIFEST.in lists them too, for the sdist)
     package_data={'mrrec': ['synthc4_catalog.txt', 'paper_numbers/*']},
     install_requires=requirements,
-    extras_require={'dev': dev_requirements},
+    extras_require={'dev': dev_requirements, 'gpu': gpu_requirements},
     # profiles/ sits at the top level (the project's shape); a non-editable install carries it here.
     data_files=[('share/mrrec/profiles', [f'profiles/{p}.toml' for p in ('ci', 'demo', 'paper')])],
     dependency_links=cfg.get('dep_links', '').split(),

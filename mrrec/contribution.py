@@ -19,7 +19,7 @@ __all__ = ['JUDGE_SYSTEM', 'JUDGE_QUESTIONS', 'MEMORY_NAMES', 'JUDGE_EXAMPLES', 
            'MEMORY_KINDS', 'GLOBAL_HEADING', 'EvalConfig', 'memory_text', 'keyword_contribution', 'judge_prompt',
            'parse_judgement', 'strip_entry_ids', 'memory_read_text', 'memory_read_tokens', 'memory_token_counter',
            'prompt_aspects', 'contribution_inputs', 'heuristic_contribution', 'llm_contribution', 't3_table',
-           't3_stage']
+           'judge_config', 't3_stage']
 
 # %% ../nbs/07a_memory_contribution.ipynb #66975467
 @dataclass(frozen=True)
@@ -28,9 +28,11 @@ class EvalConfig:
     section = 'eval'
     ks: tuple[int, ...] = DEFAULT_KS                              # cutoffs of the per-query metrics
     curve_ks: tuple[int, ...] = (10, 20, 50, 100, 200, 500, 1000)  # F5's x axis
+    f5_encoders: tuple[str, ...] = ()     # F5: more dense encoders searching MR.Rec's profiles (e.g. BAAI/bge-m3)
     min_keyword_overlap: int = 1          # T3 heuristic: memory keywords (not in the query) the other text must share
     judge: bool = True                    # T3: also judge with the run's LLM
     judge_llm_section: str = 'llm'        # profile table of the judging LLM ([llm] = the run's LLM)
+    judge_may_be_policy: bool = False     # allow a judge that is the policy's own backbone (it judges itself)
     judge_queries: int = 0                # queries judged per memory type (0 = all that have that memory)
     judge_examples: bool = True           # a worked yes and no example before each question (small models need them)
     judge_controls: bool = True           # also judge 4 hand-made cases with known answers, to show how far to trust it
@@ -286,7 +288,8 @@ def llm_contribution(
     stage: str = 'eval.judge',      # the ledger's stage name
     progress: bool = False,         # show a progress bar
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    "LLM-judged MPC / MRC: (summary per memory type and measure, with control cases right; one row per judged answer)."
+    ("LLM-judged MPC / MRC: (summary per memory type and measure: controls right, queries left unjudged; one row per "
+     "judged answer).")
     cfg = cfg or EvalConfig()
     jobs = []
     for m in MEMORY_KINDS:
@@ -312,8 +315,10 @@ def llm_contribution(
                             **dict(zip(('verdict', 'how'), parse_judgement(a.text)))} for j, a in zip(jobs, answers)],
                           columns=['qid', 'memory', 'measure', 'expected', 'answer', 'verdict', 'how'])
     rows = []
+    has = lambda c: inputs[c].astype(str).str.strip().astype(bool) if len(inputs) else pd.Series(dtype=bool)
     for m in MEMORY_KINDS:
-        for measure in ('MPC', 'MRC'):
+        for measure, other in (('MPC', 'profile'), ('MRC', 'target_text')):
+            judgeable = int((has(m) & has(other)).sum())   # queries with this memory and something to compare with
             d = detail[(detail['memory'] == m) & (detail['measure'] == measure)]
             ok = d[d['how'] != 'failed']
             c = detail[(detail['memory'] == 'control') & (detail['measure'] == measure)]
@@ -321,6 +326,7 @@ def llm_contribution(
             rows.append({'memory': m, 'measure': measure, 'judge': 'llm',
                          'value': float(ok['verdict'].astype(float).mean()) if len(ok) else np.nan,
                          'queries': len(ok), 'failures': int((d['how'] == 'failed').sum()),
+                         'unjudged': judgeable - len(ok),
                          'controls': f"{int((c['verdict'] == c['expected']).sum())}/{len(c)} right" if len(c) else '',
                          'note': note})
     return pd.DataFrame(rows), detail
@@ -332,6 +338,7 @@ def t3_table(
     paper: pd.DataFrame | None = None,  # the paper's Table 3, or None
     data_label: str = '',               # what the numbers are measured on
     notes: dict | None = None,          # {judge: note} overriding the rows' notes
+    judge_model: str = '',              # the LLM judge's model, shown on its rows
 ) -> pd.DataFrame:
     "T3 in the paper's order (global then local; MPC then MRC; heuristic then LLM), each value beside the paper's."
     parts = [heuristic] + ([llm] if llm is not None else [])
@@ -354,8 +361,31 @@ def t3_table(
                              'value': float(got.loc[key, 'value']) if have else np.nan, 'paper': pv,
                              'queries': int(got.loc[key, 'queries']) if have else 0,
                              'failures': int(got.loc[key, 'failures']) if have else 0,
-                             'judge controls': ctrl if isinstance(ctrl, str) else '', 'data': data_label, 'note': note})
+                             'unjudged': int(got.loc[key, 'unjudged']) if have and 'unjudged' in got.columns
+                             and got.loc[key, 'unjudged'] == got.loc[key, 'unjudged'] else 0,
+                             'judge controls': ctrl if isinstance(ctrl, str) else '',
+                             'judge model': 'keyword overlap' if judge == 'heuristic' else judge_model,
+                             'data': data_label, 'note': note})
     return pd.DataFrame(rows)
+
+# %% ../nbs/07a_memory_contribution.ipynb #8dfcc533
+def judge_config(
+    run: Run,         # the run (its profile's [llm], [rl] and judge tables)
+    cfg: EvalConfig,  # [eval] settings
+):
+    "The T3 judge's `LLMConfig`; ConfigError if it is the policy's own backbone and `judge_may_be_policy` is off."
+    from mrrec.llm import llm_config
+    judge = llm_config(run.profile, cfg.judge_llm_section)
+    rl = run.profile.tables.get('rl', {})
+    policy = {llm_config(run.profile).model, str(rl.get('model', '')), str(rl.get('base_model', ''))} - {''}
+    if judge.model in policy and not cfg.judge_may_be_policy:
+        raise ConfigError(
+            f"{run.profile.path} [eval]: the T3 judge ([{cfg.judge_llm_section}] model = {judge.model!r}) is the "
+            "policy's own backbone, so T3 would be the policy judging itself; name a separate model in a table of its "
+            "own (e.g. [judge] with backend = 'openai', model = 'gpt-4o-mini', base_url = 'https://api.openai.com/v1', "
+            "api_key_env = 'OPENAI_API_KEY') and set [eval] judge_llm_section = 'judge', or set [eval] "
+            "judge_may_be_policy = true to allow it")
+    return judge
 
 # %% ../nbs/07a_memory_contribution.ipynb #aff07e3f
 def t3_stage(run: Run, cfg: EvalConfig, traj: pd.DataFrame, t1_specs: list[RowSpec], label: str, judge_llm,
@@ -367,14 +397,16 @@ def t3_stage(run: Run, cfg: EvalConfig, traj: pd.DataFrame, t1_specs: list[RowSp
         from mrrec.data import load_data
         items = load_data(run).items
     inputs = contribution_inputs(traj, items, t3_setting)
-    heur, llm_part, notes = heuristic_contribution(inputs, cfg.min_keyword_overlap), None, {}
+    heur, llm_part, notes, judge_name = heuristic_contribution(inputs, cfg.min_keyword_overlap), None, {}, ''
     if not len(inputs): notes = {j: f"no finished trajectories of setting '{t3_setting}'" for j in ('heuristic', 'llm')}
     elif not cfg.judge: notes = {'llm': 'LLM judge off ([eval] judge = false)'}
     else:
+        judge_name = getattr(judge_llm, 'name', type(judge_llm).__name__)
         if judge_llm is None:
             from mrrec.backends import load_llm_for_run
+            judge_name = judge_config(run, cfg).model
             judge_llm = load_llm_for_run(run, cfg.judge_llm_section)
         llm_part, detail = llm_contribution(inputs, judge_llm, cfg, progress=progress)
         write_jsonl(detail, run.logs / 't3_judge_answers.jsonl')
-    return t3_table(heur, llm_part, paper_numbers('table3_memory_contribution'), label,
-                    notes).assign(setting=t3_setting)
+    return t3_table(heur, llm_part, paper_numbers('table3_memory_contribution'), label, notes,
+                    judge_name).assign(setting=t3_setting)

@@ -24,9 +24,9 @@ from .contribution import (EvalConfig, GLOBAL_HEADING, MEMORY_KINDS, contributio
 # %% auto #0
 __all__ = ['PAPER_METRICS', 'F4_QUANTITIES', 'F4_PAPER', 'F4_PANELS', 'F6_METRICS', 'RATE_COLUMNS', 'PAIRED_METRICS',
            'FINDING_METRICS', 'FINDING_COLUMNS', 'RESULTS_SECTIONS', 'ABLATION_TABLES', 'EVAL_TABLES', 'run_data_label',
-           'experiment_table', 'read_reward_logs', 'f4_summary', 'plot_reward_trajectories', 'curve_table', 'f6_table',
-           'with_behaviour_rates', 't1_paired_differences', 'memory_token_finding', 'findings_table',
-           'best_baseline_line', 'write_results', 'evaluate_run', 'eval_main']
+           'experiment_table', 'read_reward_logs', 'f4_summary', 'plot_reward_trajectories', 'curve_table',
+           'encoder_ranks', 'f5_encoder_rows', 'f6_table', 'with_behaviour_rates', 't1_paired_differences',
+           'memory_token_finding', 'findings_table', 'best_baseline_line', 'write_results', 'evaluate_run', 'eval_main']
 
 # %% ../nbs/07_eval.ipynb #253e87b0
 PAPER_METRICS = ('R@100', 'R@10', 'N@100', 'N@10')
@@ -196,6 +196,52 @@ def curve_table(
                  **{f'{m}@k{e}': v[f'{m}@{k}'] for m in 'RN' for e, v in (('', mean), (' lo', lo), (' hi', hi))}}
                 for k in ks]
     return pd.DataFrame(out, columns=cols)
+
+# %% ../nbs/07_eval.ipynb #9cb9079b
+def encoder_ranks(
+    traj: pd.DataFrame,   # trajectory records (`search_text`, `target_item_id`)
+    setting: str,         # the setting whose searched texts are searched again
+    items: pd.DataFrame,  # the item pool (`item_id`, `metadata`)
+    embedder,             # the other encoder (`encode(texts, kind=, stage=)`)
+    name: str,            # the pseudo-setting the ranks are filed under
+) -> pd.DataFrame:
+    "`setting`'s queries, each ranked again with `embedder` over the pool (1-based rank of the target; 0: not in pool)."
+    from mrrec.rl import exact_target_ranks
+    t = traj[traj['setting'] == setting] if len(traj) else traj
+    if not len(t): return pd.DataFrame(columns=['setting', 'qid', 'category', 'rank'])
+    row_of = pd.Series(np.arange(len(items)), index=items['item_id'].astype(str))
+    targets = t['target_item_id'].astype(str).map(row_of)
+    docs = embedder.encode(items['metadata'].astype(str).tolist(), kind='document', stage=f'eval.f5.{name}')
+    found = targets.notna().to_numpy()
+    ranks = np.zeros(len(t), dtype=np.int64)
+    if found.any():
+        texts = t.loc[found, 'search_text'].fillna(t.loc[found, 'query']).astype(str).tolist()
+        q = embedder.encode(texts, kind='query', stage=f'eval.f5.{name}')
+        ranks[found] = exact_target_ranks(q, docs, targets[found].astype(int).to_numpy())
+    return pd.DataFrame({'setting': name, 'qid': t['qid'].to_numpy(), 'category': t['category'].to_numpy(),
+                         'rank': ranks})
+
+def f5_encoder_rows(
+    run: Run,                        # the run (its data, cache, [embed] table)
+    cfg: EvalConfig,                 # [eval] settings (`f5_encoders`)
+    traj: pd.DataFrame,              # trajectory records
+    f5: list[RowSpec],               # F5's rows (`experiment_specs('F5', ...)`)
+    load=None,                       # model name -> encoder; None: the run's `[embed]` with that model
+) -> tuple[pd.DataFrame, list[RowSpec]]:
+    "(ranks, rows) of F5's extra encoders: MR.Rec's dense row searched again with each `[eval] f5_encoders` model."
+    dense = next((r for r in f5 if r.labels.get('system', r.labels.get('row')) == 'MR.Rec, dense'), None)
+    if not cfg.f5_encoders or dense is None: return pd.DataFrame(), []
+    from mrrec.data import load_data
+    from mrrec.embed import load_embedder_for_run
+    items = load_data(run).items
+    load = load or (lambda m: load_embedder_for_run(run, model=m, query_instruction=''))
+    parts, rows = [], []
+    for model in cfg.f5_encoders:
+        name = f"{dense.setting}@{model.split('/')[-1].lower()}"
+        parts.append(encoder_ranks(traj, dense.setting, items, load(model), name))
+        rows.append(RowSpec(name, {'system': f"MR.Rec, dense ({model.split('/')[-1]})"}, None, '',
+                            f"no finished trajectories of setting '{dense.setting}'"))
+    return pd.concat(parts, ignore_index=True), rows
 
 # %% ../nbs/07_eval.ipynb #67715e5d
 F6_METRICS = ('R@100', 'N@100', 'R@10', 'N@10')
@@ -474,7 +520,9 @@ def evaluate_run(
     t['t3_memory_contribution'] = t3_stage(run, cfg, traj, specs['T1'], label, judge_llm, progress)
     log = read_reward_logs(run.logs)
     t['f4_reward_summary'] = f4_summary(log, label)
-    t['f5_retrievers'] = curve_table(traj, specs['F5'], cfg.curve_ks, label, **ci)
+    f5_extra, f5_rows = f5_encoder_rows(run, cfg, traj, specs['F5'])   # [eval] f5_encoders (paper: BGE-M3)
+    t['f5_retrievers'] = curve_table(pd.concat([traj, f5_extra], ignore_index=True) if len(f5_extra) else traj,
+                                     specs['F5'] + f5_rows, cfg.curve_ks, label, **ci)
     t['f6_memory_top_k'] = f6_table(traj, specs['F6'], p1, cfg.ks, label, **ci)
     # the memory-token claim counts memory as T4 does: the entries' text, without their id tags (07a)
     count, _ = memory_token_counter(run, traj['memory_tokens_method'].dropna().unique()
