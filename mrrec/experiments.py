@@ -25,13 +25,13 @@ from .agent import (ANSWER_PREFIX, EXAMPLE_ASPECTS, EXAMPLE_EXPANSION, EXAMPLE_M
 
 # %% auto #0
 __all__ = ['SETTING_METHODS', 'SETTING_POLICIES', 'SETTING_QUERIES', 'EXPERIMENT_ROWS', 'ABLATIONS', 'AGENT_VERSION',
-           'TRAJECTORY_REQUIRED', 'TRAJECTORY_COLUMNS', 'PAPER_ROWS', 'PAPER_ONLY_T1', 'PAPER_ONLY_REASON',
-           'POLICY_LABELS', 'Setting', 'settings_registry', 'row_setting', 'experiment_settings', 'experiment_rows',
+           'TRAJECTORY_REQUIRED', 'TRAJECTORY_COLUMNS', 'POLICY_LABELS', 'PAPER_ROWS', 'PAPER_ONLY_T1',
+           'PAPER_ONLY_REASON', 'Setting', 'settings_registry', 'row_setting', 'experiment_settings', 'experiment_rows',
            'StageContext', 'setting_conversations', 'run_setting', 'prompts_fingerprint', 'setting_signature',
            'trajectory_paths', 'run_settings', 'TrajectoryFormatError', 'check_trajectory_record',
            'trajectory_settings', 'read_trajectories', 'open_memories', 'stage_context', 'stage_signature',
-           'select_settings', 'run_retrieval', 'settings_metrics', 'retrieve_main', 'RowSpec', 'setting_policy',
-           'experiment_specs', 'MixedPolicyError', 'check_one_policy']
+           'select_settings', 'run_retrieval', 'settings_metrics', 'retrieve_main', 'RowSpec', 'setting_policies',
+           'setting_policy', 'experiment_specs', 'MixedPolicyError', 'check_one_policy']
 
 # %% ../nbs/05c_experiments.ipynb #35ac7545
 SETTING_METHODS = ('query', 'expansion', 'pasted', 'agent')
@@ -687,6 +687,29 @@ class RowSpec:
     policy: str = ''                    # who answers the setting (SETTING_POLICIES; '' = no LLM or paper only)
     same_policy: bool = False           # the row must share its experiment's policy (`check_one_policy`)
 
+# %% ../nbs/05c_experiments.ipynb #44ef0653
+POLICY_LABELS = {'': 'no LLM', 'base': 'untrained backbone', 'teacher': 'scripted teacher', 'warm': 'warm start (BC)',
+                 'trained': 'RL-trained'}
+
+def setting_policies(
+    agent_cfg=None,  # the [agent] table
+) -> dict[str, str]:
+    "Who answers each known setting: '' (no LLM), 'base', 'teacher', 'warm' or 'trained' (SETTING_POLICIES)."
+    cfg = agent_cfg or AgentConfig()
+    known = {**settings_registry(dataclasses.replace(cfg, ablation_policy='base'), True, True),
+             **settings_registry(dataclasses.replace(cfg, ablation_policy='trained'), True, True)}
+    return {n: s.policy if s.uses_llm else '' for n, s in known.items()}
+
+def setting_policy(
+    name: str,       # a setting name
+    agent_cfg=None,  # the [agent] table
+) -> str:
+    "Who answers `name`'s queries (`setting_policies`)."
+    known = setting_policies(agent_cfg)
+    if name not in known: raise KeyError(f"unknown setting {name!r}")
+    return known[name]
+
+
 # %% ../nbs/05c_experiments.ipynb #c54d9532
 PAPER_ROWS = {
     ('T1', 'dense retriever, query only (BLAIR-style)'): ({'memory_setting': 'none', 'model': 'BLAIR-BASE'},
@@ -709,20 +732,6 @@ PAPER_ONLY_REASON = {'GPT-4o': 'API model, not run here', 'DeepSeek-R1': 'API mo
                      'Rec-R1': 'RL-trained query generator, not run here',
                      'BLAIR-LARGE': 'BLAIR checkpoint, not run here'}
 
-POLICY_LABELS = {'': 'no LLM', 'base': 'untrained backbone', 'teacher': 'scripted teacher', 'warm': 'warm start (BC)',
-                 'trained': 'RL-trained'}
-
-def setting_policy(
-    name: str,       # a setting name
-    agent_cfg=None,  # the [agent] table
-) -> str:
-    "Who answers `name`'s queries: '' (no LLM), 'base', 'teacher', 'warm' or 'trained' (SETTING_POLICIES)."
-    cfg = agent_cfg or AgentConfig()
-    known = {**settings_registry(dataclasses.replace(cfg, ablation_policy='base'), True, True),
-             **settings_registry(dataclasses.replace(cfg, ablation_policy='trained'), True, True)}
-    if name not in known: raise KeyError(f"unknown setting {name!r}")
-    return known[name].policy if known[name].uses_llm else ''
-
 def experiment_specs(
     experiment: str,     # 'T1', 'T2', 'F3', 'F5' or 'F6'
     available=(),        # the settings that were run
@@ -731,12 +740,12 @@ def experiment_specs(
 ) -> list[RowSpec]:
     ("The RowSpecs of one experiment ('T1', 'T2', 'F3', 'F5', 'F6'), with their paper rows and a `policy` label; in "
      "an ablation every LLM row but F3's 'w/o RL' must share its policy (`check_one_policy`).")
-    out = []
+    out, policies = [], setting_policies(agent_cfg)   # the registries once, not once per row
     for r in experiment_settings(available, agent_cfg).query('experiment == @experiment').itertuples():
         paper, plabel = PAPER_ROWS.get((experiment, r.row), (None, ''))
         note = ("needs the RL stage's trained policy" if r.setting.endswith('_rl') else
                 "needs the warm-start stage's policy" if r.setting == 'mrrec_bc' else '')
-        policy = setting_policy(r.setting, agent_cfg)
+        policy = policies[r.setting]
         out.append(RowSpec(r.setting, {label: r.row, 'policy': POLICY_LABELS[policy]}, paper, plabel, note, policy,
                            experiment in ABLATIONS and r.row != 'w/o RL'))
     if experiment == 'T1':
