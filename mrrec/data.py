@@ -618,9 +618,9 @@ def prepare_data(
     "Run the data stage for `run` (SynthC4 or the real data), write its artifacts to `run.data`, return the bundle."
     cfg = cfg or run.profile.section(DataConfig)
     signature = {'version': DATA_VERSION, 'synth_version': SYNTH_VERSION, 'seed': int(run.seed),
-                 # min_history is left out at 0, so the data of runs made before it existed stays valid
+                 # min_history and collab_strength are left out at 0: data made before they existed stays valid
                  **{k: _jsonable(v) for k, v in dataclasses.asdict(cfg).items()
-                    if k not in PLAN_FIELDS and not (k == 'min_history' and v == 0)}}
+                    if k not in PLAN_FIELDS and not (k in ('min_history', 'collab_strength') and v == 0)}}
     manifest_path = run.data / 'data_manifest.json'
     old = read_json(manifest_path) if manifest_path.is_file() else {}
     # a manifest without the selection counts predates them: the same data is made again, with the counts

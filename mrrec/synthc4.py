@@ -34,6 +34,8 @@ class SynthConfig:
     noise_fraction: float = 0.15                   # share of off-topic purchases that say nothing about preferences
     near_misses_per_target: int = 4                # same-type items matching all preferences but one
     post_query_max: int = 2                        # reviews written after the query's review (must never leak)
+    collab_strength: float = 0.0                   # taste clusters: share of users in one, and of their buys
+                                                   # that come from the cluster's shared items (0 = none)
 
     def __post_init__(self):
         bad = synth_config_problems(self)
@@ -55,6 +57,8 @@ def synth_config_problems(
         bad.append(f"types_per_category must be in 1..5, got {cfg.types_per_category}")
     if cfg.n_queries < 1 or cfg.n_items < 1: bad.append("n_queries and n_items must be positive")
     if not 0 <= cfg.noise_fraction < 1: bad.append(f"noise_fraction must be in [0, 1), got {cfg.noise_fraction}")
+    if not 0 <= cfg.collab_strength <= 1:
+        bad.append(f"collab_strength must be in [0, 1], got {cfg.collab_strength}")
     counts = ('near_misses_per_target', 'post_query_max')
     return bad + [f"{n} must be an integer >= 0, got {getattr(cfg, n)!r}" for n in counts if getattr(cfg, n) < 0]
 
@@ -338,6 +342,7 @@ class _Users:
     pref_spec: np.ndarray   # (U, C, 3) preferred value index per category-specific aspect, -1 = none
     dis_spec: np.ndarray
     ids: np.ndarray
+    cluster: np.ndarray | None = None  # (U,) taste cluster per user, -1 = none; None: no clusters at all
 
 def _draw_users(world: _World, cfg: SynthConfig, seed: int) -> _Users:
     rng = np.random.default_rng(np.random.SeedSequence([seed, 3]))
@@ -374,6 +379,35 @@ def _match(world: _World, it: _Items, us: _Users, u: int, idx: np.ndarray):
     dis = np.concatenate([us.dis_spec[u, cat], np.broadcast_to(us.dis_shared[u], (len(idx), 3))], 1)
     n_pref = np.maximum((pref >= 0).sum(1), 1)
     return ((pref >= 0) & (vals == pref)).sum(1) / n_pref, ((dis >= 0) & (vals == dis)).sum(1)
+
+# %% ../nbs/01b_synthc4.ipynb #ad16c5db
+_CLUSTER_SIZE = 8   # members per taste cluster, on average
+
+def _cluster_users(world: _World, cfg: SynthConfig, us: _Users, seed: int):
+    "Put users into taste clusters (in place): members copy their cluster's first user's categories and tastes."
+    if cfg.collab_strength <= 0: return
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 7]))   # its own stream: the other draws stay as they are
+    U = len(us.ids)
+    n = max(1, int(round(U * cfg.collab_strength / _CLUSTER_SIZE)))
+    cluster = np.where(rng.random(U) < cfg.collab_strength, rng.integers(0, n, U), -1)
+    for k in range(n):
+        members = np.flatnonzero(cluster == k)
+        if len(members) < 2: cluster[members] = -1; continue
+        lead = members[0]
+        for u in members[1:]:
+            us.cats[u] = us.cats[lead].copy()
+            us.pref_shared[u], us.dis_shared[u] = us.pref_shared[lead], us.dis_shared[lead]
+            us.pref_spec[u], us.dis_spec[u] = us.pref_spec[lead], us.dis_spec[lead]
+    us.cluster = cluster
+
+def _share_items(events: list, shared: np.ndarray, tgt: int, strength: float, rng) -> list:
+    "A member's events with each preference-led purchase swapped, with probability `strength`, for a shared item."
+    slots = [k for k, (_, kind) in enumerate(events) if kind == 'pref' and rng.random() < strength]
+    have = {i for i, _ in events}
+    pool = [int(i) for i in rng.permutation(shared) if i != tgt and i not in have][:len(slots)]
+    for k, i in zip(slots, pool): events[k] = (i, 'pref')
+    return events
+
 
 # %% ../nbs/01b_synthc4.ipynb #94c00720
 def _place_targets(world: _World, it: _Items, us: _Users, cfg: SynthConfig, seed: int):
@@ -518,9 +552,12 @@ def _histories(world: _World, it: _Items, us: _Users, targets, types, uses, cfg:
     rng = np.random.default_rng(np.random.SeedSequence([seed, 5]))
     by_cat = [np.flatnonzero(it.cat == c) for c in range(len(world.cats))]
     reviews, queries, detailed = [], [], []
+    crng = np.random.default_rng(np.random.SeedSequence([seed, 8]))   # taste clusters only (see _cluster_users)
     for u in tqdm(range(len(us.ids)), desc='SynthC4 users', unit='user', disable=not progress, leave=False):
         tgt, ucats = int(targets[u]), us.cats[u]
         events = _history_events(world, it, us, u, tgt, by_cat, cfg, rng)
+        if us.cluster is not None and us.cluster[u] >= 0:
+            events = _share_items(events, targets[us.cluster == us.cluster[u]], tgt, cfg.collab_strength, crng)
         ts = int(rng.integers(_EPOCH_2014, _EPOCH_2019)) + np.cumsum(
             rng.exponential(25 * _DAY_MS, len(events)).astype(np.int64) + 60_000)
         idx = np.array([i for i, _ in events])
@@ -560,7 +597,8 @@ def synth_signature(
     "What determines a SynthC4 folder's bytes: generator version, seed and the SynthC4 settings."
     cfg = as_synth_config(cfg)
     return {'generator': 'SynthC4', 'version': SYNTH_VERSION, 'seed': int(seed),
-            **{k: (list(v) if isinstance(v := getattr(cfg, k), tuple) else v) for k in SYNTH_KEYS}}
+            **{k: (list(v) if isinstance(v := getattr(cfg, k), tuple) else v) for k in SYNTH_KEYS
+               if not (k == 'collab_strength' and cfg.collab_strength == 0)}}   # at 0: old folders stay valid
 
 def _meta_record(world: _World, it: _Items, i: int, title: str, desc: str, price: float, rng) -> dict:
     c = int(it.cat[i]); cat = world.cats[c]
@@ -609,7 +647,8 @@ def _latent_preferences(world: _World, it: _Items, us: _Users, targets, types, u
                                        if us.pref_spec[u, c, j] >= 0}
                   for c in us.cats[u]}
         c = int(us.cats[u][0])
-        prefs.append({'user_id': str(us.ids[u]), 'synthetic': True, 'shared': shared, 'categories': by_cat,
+        extra = {} if us.cluster is None else {'taste_cluster': int(us.cluster[u])}
+        prefs.append({'user_id': str(us.ids[u]), 'synthetic': True, 'shared': shared, 'categories': by_cat, **extra,
                       'queries': [{'qid': u, 'category': world.cats[c].name, 'product_type': world.type_names[types[u]],
                                    'use_case': world.cats[c].uses[uses[u]], 'target_item_id': str(it.ids[targets[u]]),
                                    'near_miss_item_ids': [str(it.ids[x]) for x in near[u]]}]})
@@ -629,6 +668,7 @@ def generate_synthc4(
     world = _World(cfg, seed)
     it = _draw_items(world, cfg.n_items, seed)
     us = _draw_users(world, cfg, seed)
+    _cluster_users(world, cfg, us, seed)
     targets, types, uses, near = _place_targets(world, it, us, cfg, seed)
     reviews, queries, detailed = _histories(world, it, us, targets, types, uses, cfg, seed, progress)
     n = cfg.n_items
