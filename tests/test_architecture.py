@@ -12,7 +12,7 @@ PKG, NBS = REPO / 'mrrec', REPO / 'nbs'
 # fakes sits beside the LLM layer and is imported by tests and notebook test cells only, never by library code.
 ORDER = ('core', 'text', 'metrics', 'readers', 'synthc4', 'data', 'llm', 'backends', 'embed', 'fakes',
          'local_memory', 'global_memory', 'search', 'search_bench', 'agent', 'experiments', 'warmstart', 'rl_setup',
-         'rl', 'ablations', 'contribution', 'eval', 'efficiency', 'collab_memory')
+         'rl', 'ablations', 'contribution', 'eval', 'efficiency', 'collab_memory', 'memrec')
 GENERATED = {'__init__', '_modidx'}
 MAX_MODULE_LINES, MAX_EXPORT_CELL_LINES, MAX_LINE_CHARS = 800, 60, 120
 
