@@ -21,7 +21,7 @@ log = logging.getLogger('mrrec.readers')
 # %% auto #0
 __all__ = ['log', 'QUERY_SPEC', 'POOL_SPEC', 'REVIEW_SPEC', 'META_SPEC', 'QUERY_COLUMNS', 'POOL_COLUMNS', 'REVIEW_COLUMNS',
            'META_COLUMNS', 'DataFormatError', 'parse_price', 'read_c4_queries', 'read_item_pool', 'read_reviews',
-           'read_item_meta']
+           'read_item_meta', 'InstructRec', 'read_instructrec_items', 'read_instructrec']
 
 # %% ../nbs/01a_readers.ipynb #8a598605
 class DataFormatError(ValueError):
@@ -446,3 +446,104 @@ def read_item_meta(
 ) -> pd.DataFrame:
     "An Amazon Reviews 2023 meta file; `price` float (NaN if absent), `details` dict; optional `parent_asins` filter."
     return _read(path, META_SPEC, errors, None if parent_asins is None else ('parent_asin', parent_asins), clean)
+
+# %% ../nbs/01a_readers.ipynb #6b4b9d4d
+@dataclass
+class InstructRec:
+    "One InstructRec dataset in this package's shapes, and the records left out (`errors='skip'`) by reason."
+    requests: pd.DataFrame    # qid, user_id, query (the instruction), item_id (the target), category, candidates
+    histories: pd.DataFrame   # the history rows: user_id, item_id, category, position, timestamp, rating, ...
+    items: pd.DataFrame       # item_id, category, title, description, metadata
+    skipped: dict
+
+def read_instructrec_items(
+    path,                   # `combined_<domain>_asin_mapping.csv`
+    domain: str = '',       # the dataset's domain (the items' `category`)
+) -> pd.DataFrame:
+    "The item file: item_id (its `index`, as text), category, title, description, metadata (title and description)."
+    path, rows, seen = Path(path), [], set()
+    with open(path, newline='', encoding='utf-8') as f:
+        r = csv.DictReader(f)
+        missing = [c for c in ('index', 'title') if c not in (r.fieldnames or [])]
+        if missing: raise DataFormatError(path, 1, missing[0], f"the header has no column '{missing[0]}'")
+        for row in r:
+            i = (row['index'] or '').strip()
+            if not re.fullmatch(r'\d+', i):
+                raise DataFormatError(path, r.line_num, 'index', f"must be a non-negative integer, got {i!r}")
+            if i in seen: raise DataFormatError(path, r.line_num, 'index', f"item {i} appears twice")
+            seen.add(i)
+            t, d = (row['title'] or '').strip(), (row.get('description') or '').strip()
+            rows.append({'item_id': i, 'category': domain, 'title': t, 'description': d,
+                         'metadata': f"{t}. {d}".strip(' .') if d else t})
+    return pd.DataFrame(rows, columns=['item_id', 'category', 'title', 'description', 'metadata'])
+
+# %% ../nbs/01a_readers.ipynb #f9e8bad8
+_IR_LISTS = ('title', 'description', 'reviewText')   # optional lists parallel to `asin`
+
+def _instructrec_records(path: Path):
+    "(line or 1-based row, record) of a request file: a pickled DataFrame or JSON lines."
+    if path.suffix in ('.pkl', '.pickle'):
+        yield from enumerate(pd.read_pickle(path).to_dict('records'), 1); return
+    for n, line in enumerate(path.read_text(encoding='utf-8').splitlines(), 1):
+        if not line.strip(): continue
+        try: rec = json.loads(line)
+        except json.JSONDecodeError as e: raise DataFormatError(path, n, None, f"not valid JSON ({e.msg})") from None
+        if not isinstance(rec, dict): raise DataFormatError(path, n, None, 'not a JSON object')
+        yield n, rec
+
+def _ids(path, n, field, v, known) -> list[str]:
+    v = list(v) if isinstance(v, (list, tuple, np.ndarray)) else v
+    if not isinstance(v, list) or not v: raise DataFormatError(path, n, field, 'must be a non-empty list of items')
+    out = [str(x).strip() for x in v]
+    bad = [x for x in out if x not in known]
+    if bad: raise DataFormatError(path, n, field, f"item {bad[0]} is not in the item file", 'unknown item')
+    return out
+
+def _check_request(path: Path, n: int, rec: dict, known: set) -> dict:
+    "The record's fields, checked: the instruction, the interactions' items and their parallel lists, the candidates."
+    ins = rec.get('instruction')
+    if not isinstance(ins, str) or not ins.strip():
+        raise DataFormatError(path, n, 'instruction', 'must be a non-empty string', 'missing field')
+    asin = _ids(path, n, 'asin', rec.get('asin'), known)
+    if len(asin) < 2: raise DataFormatError(path, n, 'asin', 'needs a history and a target: at least 2 items')
+    lists = {}
+    for f in _IR_LISTS:
+        v = rec.get(f)
+        if v is None: continue
+        v = list(v) if isinstance(v, (list, tuple, np.ndarray)) else v
+        if not isinstance(v, list) or len(v) != len(asin):
+            got = f"{len(v)} entries" if isinstance(v, list) else type(v).__name__
+            raise DataFormatError(path, n, f, f"must be a list parallel to 'asin' ({len(asin)} entries), got {got}")
+        lists[f] = ['' if x is None else str(x) for x in v]
+    cands = _ids(path, n, 'ranked_lists', rec['ranked_lists'], known) if rec.get('ranked_lists') is not None else []
+    return {'instruction': ins.strip(), 'asin': asin, 'candidates': cands, 'user_id': rec.get('user_id'), **lists}
+
+# %% ../nbs/01a_readers.ipynb #11006507
+def read_instructrec(
+    requests_path,            # `<domain>All_recagent.pkl` (or JSON lines with the same fields)
+    items_path,               # `combined_<domain>_asin_mapping.csv`
+    domain: str | None = None,  # the category of everything read (default: the file name's `<domain>`)
+    errors: str = 'raise',    # 'raise' on the first bad record, or 'skip' it and count it in `skipped`
+) -> InstructRec:
+    "One InstructRec dataset: requests, history rows and items in the package's shapes (see above)."
+    path = Path(requests_path)
+    domain = domain or re.sub(r'All_recagent$', '', path.stem)
+    items = read_instructrec_items(items_path, domain)
+    title, text = dict(zip(items['item_id'], items['title'])), dict(zip(items['item_id'], items['metadata']))
+    known, reqs, hist, skipped = set(items['item_id']), [], [], Counter()
+    for n, rec in _instructrec_records(path):
+        try: r = _check_request(path, n, rec, known)
+        except DataFormatError as e:
+            if errors == 'raise': raise
+            skipped[f"{e.field or 'line'}: {e.kind}"] += 1; continue
+        user = str(r['user_id']) if r['user_id'] is not None else f'{domain}-user{n}'
+        reqs.append({'qid': n, 'user_id': user, 'query': r['instruction'], 'item_id': r['asin'][-1],
+                     'category': domain, 'candidates': r['candidates']})
+        for k, i in enumerate(r['asin'][:-1]):
+            hist.append({'user_id': user, 'item_id': i, 'category': domain, 'position': k, 'timestamp': k,
+                         'rating': 5.0, 'review_text': r.get('reviewText', [''] * len(r['asin']))[k],
+                         'item_title': title[i], 'item_text': text[i]})
+    cols = ['user_id', 'item_id', 'category', 'position', 'timestamp', 'rating', 'review_text', 'item_title',
+            'item_text']
+    return InstructRec(pd.DataFrame(reqs, columns=['qid', 'user_id', 'query', 'item_id', 'category', 'candidates']),
+                       pd.DataFrame(hist, columns=cols), items, dict(skipped))
