@@ -88,3 +88,16 @@ def test_the_stage_is_off_unless_the_profile_turns_it_on(collab):
     run, _ = collab
     assert memrec_stage(run) == {}
     assert not list(run.tables.glob('memrec_*'))
+
+
+def test_memrec_reads_instructrec_as_it_reads_synthc4(tmp_path):
+    "The InstructRec reader's frames go straight into run_memrec (the samples: 3 users, 12 items, no overlaps)."
+    from mrrec.data import data_path
+    from mrrec.readers import read_instructrec
+    d = data_path('data/samples/instructrec')
+    ir = read_instructrec(d / 'booksAll_recagent.jsonl', d / 'combined_books_asin_mapping.csv')
+    cfg = MemRecConfig(k=4, min_users=1, min_items=2, n_negatives=4, k_sweep=(4,), density_steps=(1.0,))
+    out = run_memrec(ScriptedLLM(lexical_reasoner), HashEmbedder(), ir.requests, ir.items, ir.histories,
+                     tmp_path / 'store', cfg)
+    assert set(out['ranks']['rank']) <= set(range(1, 6))
+    assert len(memrec_tables(out, n_boot=50)['M1']) == 4 * 8
