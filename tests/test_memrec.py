@@ -90,6 +90,26 @@ def test_the_stage_is_off_unless_the_profile_turns_it_on(collab):
     assert not list(run.tables.glob('memrec_*'))
 
 
+def test_the_stage_on_writes_m1_to_m4(tmp_path):
+    "[memrec] enabled on the data stage's queries, and on the InstructRec files; the fakes answer."
+    prof = load_profile('ci')
+    for data in ('run', 'instructrec'):
+        memrec = {**prof.tables['memrec'], 'enabled': True, 'data': data, 'queries': 3, 'k_sweep': [16],
+                  'instructrec_requests': 'data/samples/instructrec/booksAll_recagent.jsonl',
+                  'instructrec_items': 'data/samples/instructrec/combined_books_asin_mapping.csv'}
+        if data == 'instructrec': memrec.update(n_negatives=4, min_users=1, min_items=2)
+        run = start_run(dataclasses.replace(prof, tables={**prof.tables, 'memrec': memrec}), tmp_path / data)
+        if data == 'run': prepare_data(run, progress=False)
+        tabs = memrec_stage(run, ScriptedLLM(lexical_reasoner), HashEmbedder())
+        assert set(tabs) == {'M1', 'M2', 'M3', 'M4_cost', 'M4_density'}
+        assert tabs['M1']['queries'].eq(3).all() and tabs['M1']['isolated_memory'].iloc[0].startswith('none')
+        assert {p.name for p in run.tables.glob('memrec_*.csv')} == {f'memrec_{n}.csv' for n in
+                                                                     ('m1', 'm2', 'm3', 'm4_cost', 'm4_density')}
+    bad = {**prof.tables['memrec'], 'enabled': True, 'data': 'instructrec', 'instructrec_requests': 'nowhere.pkl'}
+    run = start_run(dataclasses.replace(prof, tables={**prof.tables, 'memrec': bad}), tmp_path / 'missing')
+    with pytest.raises(FileNotFoundError, match='nowhere.pkl'): memrec_stage(run, ScriptedLLM(lexical_reasoner))
+
+
 def test_memrec_reads_instructrec_as_it_reads_synthc4(tmp_path):
     "The InstructRec reader's frames go straight into run_memrec (the samples: 3 users, 12 items, no overlaps)."
     from mrrec.data import data_path
