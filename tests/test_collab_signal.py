@@ -10,7 +10,7 @@ from mrrec.synthc4 import SynthConfig, generate_synthc4, read_latent_preferences
 
 SMALL = dict(n_items=600, n_queries=20)
 # sha256 of the folder SynthC4 wrote for SMALL at seed 3 before the knob existed (commit be3b78c): files in name
-# order, each its relative path then its bytes
+# order, each its relative path then its bytes. A deliberate change of the generator (SYNTH_VERSION bumped) changes it.
 BEFORE_THE_KNOB = '91c1f144deeb17088ef0532208ec35e4a33050b1e3eb049c0b70526259ee9859'
 
 
