@@ -462,6 +462,7 @@ def read_instructrec_items(
 ) -> pd.DataFrame:
     "The item file: item_id (its `index`, as text), category, title, description, metadata (title and description)."
     path, rows, seen = Path(path), [], set()
+    csv.field_size_limit(2**31 - 1)      # Amazon descriptions outgrow csv's 128 KiB default
     with open(path, newline='', encoding='utf-8') as f:
         r = csv.DictReader(f)
         missing = [c for c in ('index', 'title') if c not in (r.fieldnames or [])]
@@ -516,7 +517,9 @@ def _check_request(path: Path, n: int, rec: dict, known: set) -> dict:
             raise DataFormatError(path, n, f, f"must be a list parallel to 'asin' ({len(asin)} entries), got {got}")
         lists[f] = ['' if x is None else str(x) for x in v]
     cands = _ids(path, n, 'ranked_lists', rec['ranked_lists'], known) if rec.get('ranked_lists') is not None else []
-    return {'instruction': ins.strip(), 'asin': asin, 'candidates': cands, 'user_id': rec.get('user_id'), **lists}
+    user = rec.get('reviewerID', rec.get('user_id'))
+    user = None if user is None or (np.ndim(user) == 0 and pd.isna(user)) else str(user).strip() or None
+    return {'instruction': ins.strip(), 'asin': asin, 'candidates': cands, 'user_id': user, **lists}
 
 # %% ../nbs/01a_readers.ipynb #11006507
 def read_instructrec(
