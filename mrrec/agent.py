@@ -27,6 +27,29 @@ __all__ = ['AGENT_PROTOCOLS', 'MEMORY_TOOL_NAME', 'NO_MEMORY_TEXT', 'TOOL_CALL_P
 # %% ../nbs/05b_agent.ipynb #2856c921
 AGENT_PROTOCOLS = ('auto', 'chat_tools', 'text')
 
+def _check_agent_config(self) -> None:
+    "Raise ConfigError, naming the key, for an unusable `[agent]` table."
+    def bad(key, msg): raise ConfigError(f"[{self.section}] {key}: {msg}")
+    if self.protocol not in AGENT_PROTOCOLS: bad('protocol', f"{self.protocol!r} is not one of {AGENT_PROTOCOLS}")
+    for key in ('entry_chars', 'record_item_chars', 'memory_chars', 'max_aspects', 'max_descriptions',
+                'max_new_tokens', 'max_tool_calls', 'trained_max_new_tokens'):
+        if getattr(self, key) < 0: bad(key, f"must be >= 0, got {getattr(self, key)}")
+    for key in ('memory_top_k', 'top_items'):
+        if getattr(self, key) < 1: bad(key, f"must be >= 1, got {getattr(self, key)}")
+    if not self.f6_top_k or any(k < 1 for k in self.f6_top_k): bad('f6_top_k',
+            f"must be positive ints, got {list(self.f6_top_k)}")
+    if self.temperature < 0: bad('temperature', f"must be >= 0, got {self.temperature}")
+    if self.repetition_penalty < 0: bad('repetition_penalty',
+                                        f"must be > 0, or 0 for [llm]'s, got {self.repetition_penalty}")
+    for key in ('teacher_aspects', 'teacher_entries', 'trained_entry_chars', 'trained_repetition_penalty'):
+        if (getattr(self, key) or 0) < 0: bad(key, f"must be >= 0, got {getattr(self, key)}")
+    if self.teacher_copies not in ('entry', 'review'): bad('teacher_copies',
+            f"must be 'entry' or 'review', got {self.teacher_copies!r}")
+    if self.ablation_policy not in ('trained', 'base'): bad('ablation_policy',
+            f"must be 'trained' (the RL policy under each ablated memory) or 'base', got {self.ablation_policy!r}")
+
+
+# %% ../nbs/05b_agent.ipynb #11411d49
 @dataclass(frozen=True)
 class AgentConfig:
     "The `[agent]` table: the MR.Rec agent, its baselines, and the queries they answer."
@@ -48,8 +71,7 @@ class AgentConfig:
     trained_one_shot: bool | None = None      # the example for the teacher, warm-start and RL policies (None: one_shot)
     trained_max_new_tokens: int = 0           # their tokens per turn (0 = max_new_tokens): an answer copies the memory
     trained_entry_chars: int | None = None    # their memory entries' clip (None: entry_chars; 0 = whole)
-    trained_repetition_penalty: float | None = None  # their turns' penalty (None: repetition_penalty); GRPO samples
-                                              # its rollouts without one, and a penalty works against copying
+    trained_repetition_penalty: float | None = None  # theirs (None: repetition_penalty): GRPO samples without one
     teacher_aspects: int = 3                  # aspect names the scripted teacher adds to its memory call
     teacher_entries: int = 0                  # tool-result entries the teacher copies into its profile (0 = all)
     teacher_copies: str = 'entry'             # what it copies of each: 'entry' (its text) or 'review' (a record's)
@@ -60,32 +82,15 @@ class AgentConfig:
     policy: str = ''                          # trained policy folder (RL stage) for the '_rl' settings; '' = none
     ablation_policy: str = 'trained'          # who answers the ablations (T2, F3, F5, F6): 'trained' or 'base'
 
-    def __post_init__(self):
-        def bad(key, msg): raise ConfigError(f"[{self.section}] {key}: {msg}")
-        if self.protocol not in AGENT_PROTOCOLS: bad('protocol', f"{self.protocol!r} is not one of {AGENT_PROTOCOLS}")
-        for key in ('entry_chars', 'record_item_chars', 'memory_chars', 'max_aspects', 'max_descriptions', 'max_new_tokens',
-                    'max_tool_calls', 'trained_max_new_tokens'):
-            if getattr(self, key) < 0: bad(key, f"must be >= 0, got {getattr(self, key)}")
-        for key in ('memory_top_k', 'top_items'):
-            if getattr(self, key) < 1: bad(key, f"must be >= 1, got {getattr(self, key)}")
-        if not self.f6_top_k or any(k < 1 for k in self.f6_top_k): bad('f6_top_k',
-                f"must be positive ints, got {list(self.f6_top_k)}")
-        if self.temperature < 0: bad('temperature', f"must be >= 0, got {self.temperature}")
-        if self.repetition_penalty < 0: bad('repetition_penalty',
-                                            f"must be > 0, or 0 for [llm]'s, got {self.repetition_penalty}")
-        for key in ('teacher_aspects', 'teacher_entries', 'trained_entry_chars', 'trained_repetition_penalty'):
-            if (getattr(self, key) or 0) < 0: bad(key, f"must be >= 0, got {getattr(self, key)}")
-        if self.teacher_copies not in ('entry', 'review'): bad('teacher_copies',
-                f"must be 'entry' or 'review', got {self.teacher_copies!r}")
-        if self.ablation_policy not in ('trained', 'base'): bad('ablation_policy',
-                f"must be 'trained' (the RL policy under each ablated memory) or 'base', got {self.ablation_policy!r}")
+    def __post_init__(self): _check_agent_config(self)
 
     def for_policy(self, policy: str) -> 'AgentConfig':
         "The table as `policy`'s settings read it: the policies that learned the protocol take the `trained_` values."
         if policy == 'base': return self
         one_shot = self.one_shot if self.trained_one_shot is None else self.trained_one_shot
         entry_chars = self.entry_chars if self.trained_entry_chars is None else self.trained_entry_chars
-        penalty = self.repetition_penalty if self.trained_repetition_penalty is None else self.trained_repetition_penalty
+        penalty = (self.repetition_penalty if self.trained_repetition_penalty is None else
+                   self.trained_repetition_penalty)
         return dataclasses.replace(self, one_shot=one_shot, entry_chars=entry_chars, repetition_penalty=penalty,
                                    max_new_tokens=self.trained_max_new_tokens or self.max_new_tokens)
 

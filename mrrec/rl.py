@@ -61,8 +61,7 @@ def _check_rl_config(cfg) -> None:
 class RLConfig:
     "Settings of the GRPO stage (`[rl]` in a profile)."
     section = 'rl'
-    # policy backbone, named as in [llm]: alias 'smollm2' (GGUF package), HF id or folder
-    model: str = 'smollm2'
+    model: str = 'smollm2'                 # policy backbone, named as in [llm]: alias, HF id or folder
     base_model: str = ''                   # the base (non-instruct) backbone of the F4 comparison; '' = none available
     # which backbones the stage trains: 'instruct' -> model, 'base' -> base_model
     variants: tuple[str, ...] = ('instruct',)
