@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Sequence
 from .core import ConfigError
 from .llm import Generation, messages_for_template, parse_tool_calls
-from .local_memory import collapse_repeats, parse_entry_id
+from .local_memory import collapse_repeats, parse_entry_id, record_display, record_review
 from .text import category_text, clip_text, parse_llm_json
 
 # %% auto #0
@@ -27,6 +27,29 @@ __all__ = ['AGENT_PROTOCOLS', 'MEMORY_TOOL_NAME', 'NO_MEMORY_TEXT', 'TOOL_CALL_P
 # %% ../nbs/05b_agent.ipynb #2856c921
 AGENT_PROTOCOLS = ('auto', 'chat_tools', 'text')
 
+def _check_agent_config(self) -> None:
+    "Raise ConfigError, naming the key, for an unusable `[agent]` table."
+    def bad(key, msg): raise ConfigError(f"[{self.section}] {key}: {msg}")
+    if self.protocol not in AGENT_PROTOCOLS: bad('protocol', f"{self.protocol!r} is not one of {AGENT_PROTOCOLS}")
+    for key in ('entry_chars', 'record_item_chars', 'memory_chars', 'max_aspects', 'max_descriptions',
+                'max_new_tokens', 'max_tool_calls', 'trained_max_new_tokens'):
+        if getattr(self, key) < 0: bad(key, f"must be >= 0, got {getattr(self, key)}")
+    for key in ('memory_top_k', 'top_items'):
+        if getattr(self, key) < 1: bad(key, f"must be >= 1, got {getattr(self, key)}")
+    if not self.f6_top_k or any(k < 1 for k in self.f6_top_k): bad('f6_top_k',
+            f"must be positive ints, got {list(self.f6_top_k)}")
+    if self.temperature < 0: bad('temperature', f"must be >= 0, got {self.temperature}")
+    if self.repetition_penalty < 0: bad('repetition_penalty',
+                                        f"must be > 0, or 0 for [llm]'s, got {self.repetition_penalty}")
+    for key in ('teacher_aspects', 'teacher_entries', 'trained_entry_chars', 'trained_repetition_penalty'):
+        if (getattr(self, key) or 0) < 0: bad(key, f"must be >= 0, got {getattr(self, key)}")
+    if self.teacher_copies not in ('entry', 'review'): bad('teacher_copies',
+            f"must be 'entry' or 'review', got {self.teacher_copies!r}")
+    if self.ablation_policy not in ('trained', 'base'): bad('ablation_policy',
+            f"must be 'trained' (the RL policy under each ablated memory) or 'base', got {self.ablation_policy!r}")
+
+
+# %% ../nbs/05b_agent.ipynb #11411d49
 @dataclass(frozen=True)
 class AgentConfig:
     "The `[agent]` table: the MR.Rec agent, its baselines, and the queries they answer."
@@ -37,6 +60,7 @@ class AgentConfig:
     memory_top_k: int = 3                     # local-memory entries per tool call (paper: 3)
     f6_top_k: tuple[int, ...] = (1, 3, 5, 10)  # memory top-k values of F6
     entry_chars: int = 0                      # a memory entry's text is clipped to this many characters (0 = whole)
+    record_item_chars: int = 0                # a record entry's item part clipped first, its rating and review kept
     memory_chars: int = 0                     # naive / static memory text clipped to this many characters (0 = whole)
     max_aspects: int = 8                      # global-memory aspects in the prompt (0 = all)
     max_descriptions: int = 2                 # descriptions per aspect (0 = all)
@@ -47,8 +71,10 @@ class AgentConfig:
     trained_one_shot: bool | None = None      # the example for the teacher, warm-start and RL policies (None: one_shot)
     trained_max_new_tokens: int = 0           # their tokens per turn (0 = max_new_tokens): an answer copies the memory
     trained_entry_chars: int | None = None    # their memory entries' clip (None: entry_chars; 0 = whole)
+    trained_repetition_penalty: float | None = None  # theirs (None: repetition_penalty): GRPO samples without one
     teacher_aspects: int = 3                  # aspect names the scripted teacher adds to its memory call
     teacher_entries: int = 0                  # tool-result entries the teacher copies into its profile (0 = all)
+    teacher_copies: str = 'entry'             # what it copies of each: 'entry' (its text) or 'review' (a record's)
     salvage_profile: bool = False             # a malformed answer's readable profile is used before the query fallback
     answer_prefix: bool = False               # every final answer starts with ANSWER_PREFIX, which the model continues
     tool_call_prefix: bool = False            # a turn that may call the tool starts with TOOL_CALL_PREFIX (text)
@@ -56,30 +82,16 @@ class AgentConfig:
     policy: str = ''                          # trained policy folder (RL stage) for the '_rl' settings; '' = none
     ablation_policy: str = 'trained'          # who answers the ablations (T2, F3, F5, F6): 'trained' or 'base'
 
-    def __post_init__(self):
-        def bad(key, msg): raise ConfigError(f"[{self.section}] {key}: {msg}")
-        if self.protocol not in AGENT_PROTOCOLS: bad('protocol', f"{self.protocol!r} is not one of {AGENT_PROTOCOLS}")
-        for key in ('entry_chars', 'memory_chars', 'max_aspects', 'max_descriptions', 'max_new_tokens',
-                    'max_tool_calls', 'trained_max_new_tokens'):
-            if getattr(self, key) < 0: bad(key, f"must be >= 0, got {getattr(self, key)}")
-        for key in ('memory_top_k', 'top_items'):
-            if getattr(self, key) < 1: bad(key, f"must be >= 1, got {getattr(self, key)}")
-        if not self.f6_top_k or any(k < 1 for k in self.f6_top_k): bad('f6_top_k',
-                f"must be positive ints, got {list(self.f6_top_k)}")
-        if self.temperature < 0: bad('temperature', f"must be >= 0, got {self.temperature}")
-        if self.repetition_penalty < 0: bad('repetition_penalty',
-                                            f"must be > 0, or 0 for [llm]'s, got {self.repetition_penalty}")
-        for key in ('teacher_aspects', 'teacher_entries', 'trained_entry_chars'):
-            if (getattr(self, key) or 0) < 0: bad(key, f"must be >= 0, got {getattr(self, key)}")
-        if self.ablation_policy not in ('trained', 'base'): bad('ablation_policy',
-                f"must be 'trained' (the RL policy under each ablated memory) or 'base', got {self.ablation_policy!r}")
+    def __post_init__(self): _check_agent_config(self)
 
     def for_policy(self, policy: str) -> 'AgentConfig':
         "The table as `policy`'s settings read it: the policies that learned the protocol take the `trained_` values."
         if policy == 'base': return self
         one_shot = self.one_shot if self.trained_one_shot is None else self.trained_one_shot
         entry_chars = self.entry_chars if self.trained_entry_chars is None else self.trained_entry_chars
-        return dataclasses.replace(self, one_shot=one_shot, entry_chars=entry_chars,
+        penalty = (self.repetition_penalty if self.trained_repetition_penalty is None else
+                   self.trained_repetition_penalty)
+        return dataclasses.replace(self, one_shot=one_shot, entry_chars=entry_chars, repetition_penalty=penalty,
                                    max_new_tokens=self.trained_max_new_tokens or self.max_new_tokens)
 
 # %% ../nbs/05b_agent.ipynb #8b28a67a
@@ -89,9 +101,11 @@ NO_MEMORY_TEXT = '(no memory entries found for this user)'
 def format_memory_entries(
     entries: list[dict],   # entries (entry_id, text, ...), best first
     entry_chars: int = 0,  # clip each text to this many characters (0 = whole)
+    item_chars: int = 0,   # clip a record's item part first, keeping its rating and review (0 = whole)
 ) -> str:
     "The tool result: one line `[entry_id] text` per entry, best first; NO_MEMORY_TEXT when there is none."
-    return '\n'.join(f"[{e['entry_id']}] {clip_text(e['text'], entry_chars)}" for e in entries) or NO_MEMORY_TEXT
+    return '\n'.join(f"[{e['entry_id']}] {clip_text(record_display(e['text'], item_chars), entry_chars)}"
+                     for e in entries) or NO_MEMORY_TEXT
 
 def lookup_memory(
     memory,                   # a LocalMemory, or None (no entries)
@@ -121,10 +135,10 @@ def lookup_memory(
 class MemoryTool:
     ("The memory retrieval tool bound to one user: `memory_retrieval_tool(aspects)` -> that user's top-k entries with "
      "ids.")
-    def __init__(self, memory, user_id: str, k: int = 3, levels=None, entry_chars: int = 0):
+    def __init__(self, memory, user_id: str, k: int = 3, levels=None, entry_chars: int = 0, item_chars: int = 0):
         if k < 1: raise ValueError(f"k must be >= 1, got {k}")
-        self.memory, self.user_id, self.k, self.levels, self.entry_chars = (memory, str(user_id), int(k), levels,
-                                                                            entry_chars)
+        self.memory, self.user_id, self.k, self.levels = memory, str(user_id), int(k), levels
+        self.entry_chars, self.item_chars = entry_chars, item_chars
         self.calls: list[dict] = []
 
     def lookup(self, aspects: str) -> list[dict]:
@@ -141,7 +155,7 @@ class MemoryTool:
             The most relevant memory entries, one per line, each starting with its id in square brackets.
         """
         entries = self.lookup(str(aspects))
-        result = format_memory_entries(entries, self.entry_chars)
+        result = format_memory_entries(entries, self.entry_chars, self.item_chars)
         self.calls.append({'aspects': str(aspects), 'entries': entries, 'result': result})
         return result
 
@@ -155,10 +169,11 @@ def memory_tool_fn(
     k: int = 3,            # entries per call
     levels=None,           # levels searched (None = all)
     entry_chars: int = 0,  # clip each entry text (0 = whole)
+    item_chars: int = 0,   # clip a record's item part, keeping its rating and review (0 = whole)
 ) -> Callable[[str, str], str]:
     "`(user_id, aspects) -> tool result text`, a fresh `MemoryTool` per call (the form RL's environments take)."
     def tool(user_id: str, aspects: str) -> str:
-        return MemoryTool(memory, user_id, k, levels, entry_chars).memory_retrieval_tool(aspects)
+        return MemoryTool(memory, user_id, k, levels, entry_chars, item_chars).memory_retrieval_tool(aspects)
     return tool
 
 # %% ../nbs/05b_agent.ipynb #171b9b03
@@ -529,6 +544,7 @@ class AgentOptions:
     memory_top_k: int = 3                   # local-memory entries per call
     levels: tuple[str, ...] | None = None   # local-memory levels searched (None = all)
     entry_chars: int = 0                    # a memory entry's text clipped to this many characters (0 = whole)
+    record_item_chars: int = 0              # a record entry's item part clipped first (rating and review kept)
     max_new_tokens: int | None = None       # per turn (None = the LLM's own)
     temperature: float = 0.0                # 0 = greedy
     seed: int = 0                           # sampling seed (used when temperature > 0)
@@ -607,7 +623,7 @@ def _serve_calls(convs, out, pending, user_ids, memory, opts: AgentOptions, coun
     found = lookup_memory(memory, [user_ids[i] for i, _, _ in pending], [a for _, _, a in pending],
                           opts.memory_top_k, opts.levels)
     for (i, c, a), entries in zip(pending, found):
-        result = format_memory_entries(entries, opts.entry_chars)
+        result = format_memory_entries(entries, opts.entry_chars, opts.record_item_chars)
         rec = next(r for r in out[i]['tool_calls'] if r['aspects'] == a and 'result' not in r)
         rec.update(entries=entries, entry_ids=[e['entry_id'] for e in entries], result=result,
                    memory_tokens=count([result])[0] if entries else 0)
@@ -698,23 +714,29 @@ def tool_result_entries(
 class ScriptedTeacher:
     """The warm start's demonstrator: a scripted policy that reads the conversation and nothing else. It calls the
     memory tool with the request and the names of the scenario's aspects, then answers with the request followed by
-    the entries the tool returned. It has no weights and never sees a latent preference, a review or the target."""
+    the entries the tool returned (or, copying 'review', by the user's review in each record entry). It has no
+    weights and never sees a latent preference, the query's own review (`ori_review`) or the target."""
     name = 'scripted_teacher'
     supports_tools = False   # it writes the text protocol's calls
 
     def __init__(self,
                  aspects: int = 3,         # aspect names added to the call after the request
                  profile_entries: int = 0, # tool-result entries copied into the profile (0 = all)
-                 entry_chars: int = 0):    # each copied entry clipped to this many characters (0 = whole)
+                 entry_chars: int = 0,     # each copied entry clipped to this many characters (0 = whole)
+                 copies: str = 'entry'):   # 'entry': an entry's text; 'review': a record's review (others' text)
+        if copies not in ('entry', 'review'): raise ValueError(f"copies must be 'entry' or 'review', got {copies!r}")
         self.aspects, self.profile_entries, self.entry_chars = aspects, profile_entries, entry_chars
+        self.copies = copies
 
     def call_aspects(self, request: str, names: list[str]) -> str:
         "What the teacher looks up: the request, then the first `aspects` aspect names."
         return ', '.join([request.rstrip(' .')] + names[:self.aspects])
 
     def profile(self, request: str, entries: list[tuple[str, str]]) -> str:
-        "The teacher's ideal item profile: the request, then the entries' texts (ids left out)."
-        texts = [clip_text(t, self.entry_chars) for _, t in entries[:self.profile_entries or None] if t]
+        "The teacher's ideal item profile: the request, then what it copies of each entry (ids left out)."
+        kept = [t for _, t in entries[:self.profile_entries or None]]
+        copied = [(record_review(t) or t) for t in kept] if self.copies == 'review' else kept
+        texts = [clip_text(t, self.entry_chars) for t in copied if t]
         request = request.strip()
         return ' '.join([request if request[-1:] in '.?!' else request + '.'] + texts)
 

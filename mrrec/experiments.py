@@ -203,7 +203,8 @@ class StageContext:
 
     def llm(self, policy: str):
         if policy == 'teacher' and policy not in self.llms:   # scripted: nothing to load
-            self.llms[policy] = ScriptedTeacher(self.cfg.teacher_aspects, self.cfg.teacher_entries)
+            self.llms[policy] = ScriptedTeacher(self.cfg.teacher_aspects, self.cfg.teacher_entries,
+                                                copies=self.cfg.teacher_copies)
         if policy not in self.llms:
             if self.llm_factory is None: raise RuntimeError("this StageContext has no llm_factory: LLM settings cannot "
                                                             "run")
@@ -251,7 +252,7 @@ def setting_conversations(
     found = lookup_memory(ctx.memory if setting.levels else None, q['user_id'].astype(str).tolist(),
                           q['query'].tolist(),
                           setting.top_k or cfg.memory_top_k, _levels_key(setting.levels))
-    blocks = [format_memory_entries(e, cfg.entry_chars) for e in found]
+    blocks = [format_memory_entries(e, cfg.entry_chars, cfg.record_item_chars) for e in found]
     convs = [pasted_conversation(query, c, a, b, cfg.one_shot) for query, c, a, b in zip(q['query'], q['category'],
                                                                                          aspects, blocks)]
     return convs, [{'memory_text': b if e else '', 'memory_ids': [x['entry_id'] for x in e], 'entries': e,
@@ -271,6 +272,7 @@ def _llm_answers(setting: Setting, ctx: StageContext, progress: bool | None) -> 
     opts = AgentOptions(
         tools=tools, protocol=protocol, max_tool_calls=cfg.max_tool_calls,
         memory_top_k=setting.top_k or cfg.memory_top_k, levels=_levels_key(setting.levels), entry_chars=cfg.entry_chars,
+        record_item_chars=cfg.record_item_chars,
         max_new_tokens=cfg.max_new_tokens or None, temperature=cfg.temperature, seed=ctx.seed,
         stage=f'agent.{setting.name}', progress=progress, answer_prefix=ANSWER_PREFIX if cfg.answer_prefix else None,
         tool_call_prefix=TOOL_CALL_PREFIX if cfg.tool_call_prefix and tools and cfg.max_tool_calls else None,
@@ -353,7 +355,7 @@ def run_setting(
     return records, _setting_summary(setting, records, ret.name, time.perf_counter() - t0)
 
 # %% ../nbs/05c_experiments.ipynb #70ffd7b5
-AGENT_VERSION = 5   # bump when the code changes what a setting would produce (prompt texts are hashed below)
+AGENT_VERSION = 6   # bump when the code changes what a setting would produce (prompt texts are hashed below)
 
 def prompts_fingerprint() -> str:
     "A hash of every fixed prompt text, example and the tool schema: editing one reruns the settings."

@@ -46,6 +46,10 @@ def _check_rl_config(cfg) -> None:
     if gen_batch % cfg.num_generations:
         raise ConfigError(f"{where} per_device_train_batch_size * num_processes * gradient_accumulation_steps = "
                           f"{gen_batch} must be a multiple of num_generations = {cfg.num_generations}")
+    eval_batch = (cfg.per_device_eval_batch_size or cfg.per_device_train_batch_size) * cfg.num_processes
+    if cfg.per_device_eval_batch_size < 0 or eval_batch % cfg.num_generations:
+        raise ConfigError(f"{where} per_device_eval_batch_size * num_processes = {eval_batch} must be a positive "
+                          f"multiple of num_generations = {cfg.num_generations}")
     if cfg.deepspeed_stage not in (0, 1, 2, 3):
         raise ConfigError(f"{where} deepspeed_stage must be 0..3, got {cfg.deepspeed_stage}")
     check_master_weights(cfg.dtype, where)
@@ -57,8 +61,7 @@ def _check_rl_config(cfg) -> None:
 class RLConfig:
     "Settings of the GRPO stage (`[rl]` in a profile)."
     section = 'rl'
-    # policy backbone, named as in [llm]: alias 'smollm2' (GGUF package), HF id or folder
-    model: str = 'smollm2'
+    model: str = 'smollm2'                 # policy backbone, named as in [llm]: alias, HF id or folder
     base_model: str = ''                   # the base (non-instruct) backbone of the F4 comparison; '' = none available
     # which backbones the stage trains: 'instruct' -> model, 'base' -> base_model
     variants: tuple[str, ...] = ('instruct',)
@@ -73,6 +76,7 @@ class RLConfig:
     max_completion_length: int = 768       # all turns of a rollout together, tool results included
     max_tool_calls: int = 1                # memory-tool calls allowed per rollout
     per_device_train_batch_size: int = 20  # completions per device per micro-step
+    per_device_eval_batch_size: int = 0    # validation completions generated together (0 = the train batch)
     gradient_accumulation_steps: int = 8
     num_processes: int = 1                 # GPUs of the launch (sets the effective batch and the accelerate config)
     num_train_epochs: float = 5.0
@@ -386,7 +390,7 @@ def grpo_args(
               num_generations=cfg.num_generations, temperature=cfg.temperature, top_p=cfg.top_p,
               max_completion_length=cfg.max_completion_length, max_tool_calling_iterations=cfg.max_tool_calls,
               per_device_train_batch_size=cfg.per_device_train_batch_size,
-              per_device_eval_batch_size=cfg.per_device_train_batch_size,
+              per_device_eval_batch_size=cfg.per_device_eval_batch_size or cfg.per_device_train_batch_size,
               gradient_accumulation_steps=cfg.gradient_accumulation_steps, num_train_epochs=cfg.num_train_epochs,
               max_steps=cfg.max_steps, beta=cfg.beta, loss_type=cfg.loss_type, reward_weights=cfg.reward_weights,
               logging_steps=1, report_to='none', log_completions=False, bf16=cfg.bf16,
@@ -700,7 +704,8 @@ def agent_task(
     local, glob = LocalMemory(run.memory / 'local', embedder), GlobalMemory(run.memory / 'global', embedder)
     prompts = {p: agent_prompt_fn(glob, acfg, p) for p in ('text', 'chat_tools')}
     task = task_from_run(run, lambda row, protocol: prompts[protocol](row),
-                         memory_tool_fn(local, acfg.memory_top_k, None, acfg.entry_chars), embedder)
+                         memory_tool_fn(local, acfg.memory_top_k, None, acfg.entry_chars, acfg.record_item_chars),
+                         embedder)
     return task, local
 
 # %% ../nbs/06_rl.ipynb #303af286
