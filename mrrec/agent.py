@@ -13,19 +13,20 @@ from .local_memory import collapse_repeats, parse_entry_id, record_display, reco
 from .text import category_text, clip_text, parse_llm_json
 
 # %% auto #0
-__all__ = ['AGENT_PROTOCOLS', 'MEMORY_TOOL_NAME', 'NO_MEMORY_TEXT', 'TOOL_CALL_PREFIX', 'ANSWER_KEYS', 'ANSWER_STATUSES',
-           'ANSWER_PREFIX', 'ANSWER_FORMAT', 'EXPANSION_FORMAT', 'PASTED_SYSTEM', 'EXPANSION_SYSTEM', 'REQUEST_HEAD',
-           'EXAMPLE_REQUEST', 'EXAMPLE_ASPECTS', 'EXAMPLE_MEMORY', 'EXAMPLE_PROFILE', 'EXAMPLE_EXPANSION',
-           'EXPANSION_MEMORY_HEADS', 'AgentConfig', 'format_memory_entries', 'lookup_memory', 'MemoryTool',
-           'memory_tool_schema', 'memory_tool_fn', 'format_tool_call', 'tool_call_aspects', 'memory_call_aspects',
-           'tool_result_message', 'protocol_messages', 'agent_protocol', 'ParsedAnswer', 'parse_answer',
-           'parse_boxed_answer', 'search_text', 'agent_system_prompt', 'request_text', 'agent_conversation',
-           'agent_prompt_fn', 'pasted_conversation', 'expansion_conversation', 'approx_tokens', 'token_counter',
-           'AgentOptions', 'AgentResult', 'run_agent', 'last_request_index', 'request_parts', 'tool_result_entries',
-           'ScriptedTeacher']
+__all__ = ['AGENT_PROTOCOLS', 'TEACHER_COPIES', 'MEMORY_TOOL_NAME', 'NO_MEMORY_TEXT', 'TOOL_CALL_PREFIX', 'ANSWER_KEYS',
+           'ANSWER_STATUSES', 'ANSWER_PREFIX', 'ANSWER_FORMAT', 'EXPANSION_FORMAT', 'PASTED_SYSTEM', 'EXPANSION_SYSTEM',
+           'REQUEST_HEAD', 'EXAMPLE_REQUEST', 'EXAMPLE_ASPECTS', 'EXAMPLE_MEMORY', 'EXAMPLE_PROFILE',
+           'EXAMPLE_EXPANSION', 'EXPANSION_MEMORY_HEADS', 'AgentConfig', 'format_memory_entries', 'lookup_memory',
+           'MemoryTool', 'memory_tool_schema', 'memory_tool_fn', 'format_tool_call', 'tool_call_aspects',
+           'memory_call_aspects', 'tool_result_message', 'protocol_messages', 'agent_protocol', 'ParsedAnswer',
+           'parse_answer', 'parse_boxed_answer', 'search_text', 'agent_system_prompt', 'request_text',
+           'agent_conversation', 'agent_prompt_fn', 'pasted_conversation', 'expansion_conversation', 'approx_tokens',
+           'token_counter', 'AgentOptions', 'AgentResult', 'run_agent', 'last_request_index', 'request_parts',
+           'tool_result_entries', 'ScriptedTeacher']
 
 # %% ../nbs/05b_agent.ipynb #2856c921
 AGENT_PROTOCOLS = ('auto', 'chat_tools', 'text')
+TEACHER_COPIES = ('entry', 'review')   # what the scripted teacher copies of an entry
 
 def _check_agent_config(self) -> None:
     "Raise ConfigError, naming the key, for an unusable `[agent]` table."
@@ -43,7 +44,7 @@ def _check_agent_config(self) -> None:
                                         f"must be > 0, or 0 for [llm]'s, got {self.repetition_penalty}")
     for key in ('teacher_aspects', 'teacher_entries', 'trained_entry_chars', 'trained_repetition_penalty'):
         if (getattr(self, key) or 0) < 0: bad(key, f"must be >= 0, got {getattr(self, key)}")
-    if self.teacher_copies not in ('entry', 'review'): bad('teacher_copies',
+    if self.teacher_copies not in TEACHER_COPIES: bad('teacher_copies',
             f"must be 'entry' or 'review', got {self.teacher_copies!r}")
     if self.ablation_policy not in ('trained', 'base'): bad('ablation_policy',
             f"must be 'trained' (the RL policy under each ablated memory) or 'base', got {self.ablation_policy!r}")
@@ -724,7 +725,7 @@ class ScriptedTeacher:
                  profile_entries: int = 0, # tool-result entries copied into the profile (0 = all)
                  entry_chars: int = 0,     # each copied entry clipped to this many characters (0 = whole)
                  copies: str = 'entry'):   # 'entry': an entry's text; 'review': a record's review (others' text)
-        if copies not in ('entry', 'review'): raise ValueError(f"copies must be 'entry' or 'review', got {copies!r}")
+        if copies not in TEACHER_COPIES: raise ValueError(f"copies must be 'entry' or 'review', got {copies!r}")
         self.aspects, self.profile_entries, self.entry_chars = aspects, profile_entries, entry_chars
         self.copies = copies
 

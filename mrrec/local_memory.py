@@ -18,15 +18,15 @@ from .embed import embed_texts
 from .text import category_text, clip_text, parse_llm_json
 
 # %% auto #0
-__all__ = ['LOCAL_LEVELS', 'BASELINE_KINDS', 'PROMPT_VERSION', 'T2_VARIANTS', 'HISTORY_COLUMNS', 'RECORD_REVIEW', 'SYSTEM_PROMPT',
-           'PATTERN_HEAD', 'PATTERN_TASK', 'PROFILE_HEAD', 'PROFILE_TASK', 'STATIC_HEAD', 'STATIC_TASK',
-           'EXAMPLE_RECORDS', 'EXAMPLE_PATTERNS', 'EXAMPLE_PROFILE', 'EXAMPLE_STATIC', 'PROMPT_ECHO', 'ENTRY_COLUMNS',
-           'ACCOUNTING_COLUMNS', 'LocalMemoryConfig', 'category_slug', 'entry_id', 'parse_entry_id', 'collapse_repeats',
-           'split_list_numbers', 'chunk_text', 'check_history', 'record_text', 'record_review', 'record_display',
-           'user_histories', 'pattern_prompt', 'profile_prompt', 'static_prompt', 'naive_memory_text', 'assemble_user',
-           'local_fingerprint', 'user_key', 'commit_user', 'load_user', 'committed_users', 'LocalBuildReport',
-           'build_local_memory', 'consolidate_local_memory', 'LocalMemory', 'accounting_row', 'local_accounting',
-           'mentions', 'preference_coverage']
+__all__ = ['LOCAL_LEVELS', 'BASELINE_KINDS', 'PROMPT_VERSION', 'T2_VARIANTS', 'HISTORY_COLUMNS', 'RECORD_RATING', 'RECORD_REVIEW',
+           'SYSTEM_PROMPT', 'PATTERN_HEAD', 'PATTERN_TASK', 'PROFILE_HEAD', 'PROFILE_TASK', 'STATIC_HEAD',
+           'STATIC_TASK', 'EXAMPLE_RECORDS', 'EXAMPLE_PATTERNS', 'EXAMPLE_PROFILE', 'EXAMPLE_STATIC', 'PROMPT_ECHO',
+           'ENTRY_COLUMNS', 'ACCOUNTING_COLUMNS', 'LocalMemoryConfig', 'category_slug', 'entry_id', 'parse_entry_id',
+           'collapse_repeats', 'split_list_numbers', 'chunk_text', 'check_history', 'record_text', 'record_review',
+           'record_display', 'user_histories', 'pattern_prompt', 'profile_prompt', 'static_prompt', 'naive_memory_text',
+           'assemble_user', 'local_fingerprint', 'user_key', 'commit_user', 'load_user', 'committed_users',
+           'LocalBuildReport', 'build_local_memory', 'consolidate_local_memory', 'LocalMemory', 'accounting_row',
+           'local_accounting', 'mentions', 'preference_coverage']
 
 # %% ../nbs/03_local_memory.ipynb #b0d5cd9b
 LOCAL_LEVELS = ('record', 'pattern', 'profile')
@@ -213,6 +213,8 @@ def check_history(
     h['rating'] = pd.to_numeric(h['rating'])
     return h.sort_values(['user_id', 'timestamp', 'item_id'], kind='stable').reset_index(drop=True)
 
+RECORD_RATING, RECORD_REVIEW = ' | rated ', ' | review: '   # how a record's parts are joined
+
 def record_text(
     rec,                      # one history row
     meta_chars: int = 240,    # item metadata kept
@@ -226,18 +228,16 @@ def record_text(
     if not (title or meta) and rt: title, rt = rt, ''    # no item metadata: the review title names the item
     review = ' - '.join(p for p in (rt, rv) if p)
     item = f"{title}. {meta}" if title and meta else (title or meta or f"item {rec['item_id']}")
-    rating = f"rated {float(rec['rating']):g}/5"
-    return f"[{category_text(rec['category'])}] {item} | {rating} | review: {review or '(none)'}"
+    rating = f"{float(rec['rating']):g}/5"
+    return f"[{category_text(rec['category'])}] {item}{RECORD_RATING}{rating}{RECORD_REVIEW}{review or '(none)'}"
 
 # %% ../nbs/03_local_memory.ipynb #c707e8e5
-RECORD_REVIEW = ' | review: '   # what separates a record's item and rating from the user's review (`record_text`)
-
 def record_review(
     text: str,  # an entry text
 ) -> str | None:
     "The review of a record entry's text (`record_text`), None for any other text."
     head, sep, review = str(text).partition(RECORD_REVIEW)
-    return review.strip() if sep and ' | rated ' in head else None
+    return review.strip() if sep and RECORD_RATING in head else None
 
 def record_display(
     text: str,           # an entry text
@@ -246,8 +246,8 @@ def record_display(
     "A record entry's text with its item part clipped and its rating and review whole; any other text unchanged."
     if not item_chars or record_review(text) is None: return str(text)
     head, _, review = str(text).partition(RECORD_REVIEW)
-    item, _, rating = head.rpartition(' | rated ')
-    return f"{clip_text(item, item_chars)} | rated {rating}{RECORD_REVIEW}{review}"
+    item, _, rating = head.rpartition(RECORD_RATING)
+    return f"{clip_text(item, item_chars)}{RECORD_RATING}{rating}{RECORD_REVIEW}{review}"
 
 # %% ../nbs/03_local_memory.ipynb #7d128534
 def user_histories(
