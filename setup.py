@@ -43,7 +43,7 @@ setuptools.setup(
     install_requires=requirements,
     extras_require={'dev': dev_requirements, 'gpu': gpu_requirements},
     # profiles/ sits at the top level (the project's shape); a non-editable install carries it here.
-    data_files=[('share/mrrec/profiles', [f'profiles/{p}.toml' for p in ('ci', 'demo', 'paper')])],
+    data_files=[('share/mrrec/profiles', [f'profiles/{p}.toml' for p in ('ci', 'demo', 'cpu', 'paper')])],
     dependency_links=cfg.get('dep_links', '').split(),
     python_requires='>=' + cfg['min_python'],
     long_description=open('README.md', encoding='utf-8').read(),

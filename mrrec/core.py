@@ -85,18 +85,36 @@ class Profile:
         "This profile with another seed (None keeps the profile's own)."
         return self if seed is None else dataclasses.replace(self, seed=int(seed))
 
-def load_profile(
-    name_or_path: str | os.PathLike,  # a profile name (`ci`, `demo`, `paper`) or a TOML file's path
-) -> Profile:
-    "Read a profile by name (`ci`, `demo`, `paper`) or by path to a TOML file."
+def _profile_path(name_or_path: str | os.PathLike) -> Path:
+    "The TOML file of a profile name (searched in `profile_dirs`) or path."
     p = Path(name_or_path)
-    if p.suffix != '.toml':
-        found = [d / f'{name_or_path}.toml' for d in profile_dirs() if (d / f'{name_or_path}.toml').is_file()]
-        if not found:
-            raise ConfigError(f"no profile named '{name_or_path}' in {[str(d) for d in profile_dirs()]}")
-        p = found[0]
+    if p.suffix == '.toml': return p
+    found = [d / f'{name_or_path}.toml' for d in profile_dirs() if (d / f'{name_or_path}.toml').is_file()]
+    if not found: raise ConfigError(f"no profile named '{name_or_path}' in {[str(d) for d in profile_dirs()]}")
+    return found[0]
+
+def _raw_profile(p: Path, seen: tuple = ()) -> dict:
+    "A profile file's TOML with its `extends` chain applied: the base's tables, each key overridden by this file's."
+    if p.resolve() in seen: raise ConfigError(f"{p}: 'extends' loops back to itself ({' -> '.join(map(str, seen))})")
     try: raw = tomllib.loads(p.read_text(encoding='utf-8'))
     except tomllib.TOMLDecodeError as e: raise ConfigError(f"{p}: not valid TOML: {e}") from None
+    base_name = raw.pop('extends', None)
+    if base_name is None: return raw
+    if not isinstance(base_name, str): raise ConfigError(f"{p}: key 'extends' must be a profile name or a .toml file beside it, got {base_name!r}")
+    base_path = p.parent / base_name if base_name.endswith('.toml') else _profile_path(base_name)
+    base = _raw_profile(base_path, seen + (p.resolve(),))
+    merged = {k: v for k, v in base.items() if not isinstance(v, dict)}
+    merged.update({k: v for k, v in raw.items() if not isinstance(v, dict)})
+    for k in {k for d in (base, raw) for k, v in d.items() if isinstance(v, dict)}:
+        merged[k] = {**base.get(k, {}), **raw.get(k, {})}
+    return merged
+
+def load_profile(
+    name_or_path: str | os.PathLike,  # a profile name (`ci`, `demo`, `cpu`, `paper`) or a TOML file's path
+) -> Profile:
+    "Read a profile by name or by path to a TOML file; `extends = 'demo'` starts from another profile's tables."
+    p = _profile_path(name_or_path)
+    raw = _raw_profile(p)
     top = {k: v for k, v in raw.items() if not isinstance(v, dict)}
     for k, tp in (('name', str), ('seed', int), ('description', str)):
         if k not in top: raise ConfigError(f"{p}: missing top-level key '{k}'")

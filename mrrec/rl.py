@@ -23,7 +23,7 @@ __all__ = ['PROTOCOLS', 'VARIANTS', 'QUERY_COLUMNS', 'F4_COLUMNS', 'POLICY_META'
            'supports_trl_tools', 'resolve_protocol', 'rl_dataset', 'grpo_args', 'lora_config', 'build_trainer',
            'mask_spans', 'tool_turn_renderer', 'verify_tool_mask', 'masked_logp_gradients', 'rollout_tool_results',
            'task_from_run', 'RewardLogCallback', 'read_reward_log', 'policy_dir', 'trained_policy', 'variant_model',
-           'save_policy', 'train_rl', 'agent_task', 'rl_stage', 'rl_main']
+           'save_policy', 'rl_fingerprint', 'train_rl', 'agent_task', 'rl_stage', 'rl_main']
 
 # %% ../nbs/06_rl.ipynb #2fcdf479
 PROTOCOLS = ('auto', 'chat_tools', 'text')
@@ -643,6 +643,22 @@ def save_policy(
     return folder
 
 # %% ../nbs/06_rl.ipynb #db10cfa7
+def rl_fingerprint(
+    cfg: RLConfig,                    # [rl] settings
+    variant: str,                     # 'instruct' or 'base'
+    start_from,                       # the starting policy folder, or None (the backbone)
+    train_rows: pd.DataFrame,         # training queries
+    val_rows: pd.DataFrame | None,    # validation queries, or None
+    seed: int,                        # training seed
+) -> str:
+    "What a trained policy depends on: settings, starting weights (folder and time), queries, seed."
+    start = None
+    if start_from:
+        p = Path(start_from)
+        start = f"{p.resolve()}@{int(max((f.stat().st_mtime for f in p.iterdir() if f.is_file()), default=0))}"
+    qids = lambda rows: None if rows is None else rows['qid'].astype(str).tolist()
+    return stable_hash(dataclasses.asdict(cfg), variant, start, qids(train_rows), qids(val_rows), seed)
+
 def train_rl(
     run: Run,                              # the run (checkpoints, logs, seed)
     cfg: RLConfig,                         # [rl] settings
@@ -657,9 +673,14 @@ def train_rl(
 ) -> dict:
     "Train `variant` with GRPO under `run` (resuming from its last checkpoint); returns the saved policy's metadata."
     from transformers.trainer_utils import get_last_checkpoint
-    done = trained_policy(run, variant)
-    if resume and done is not None: return read_json(done / POLICY_META)
     out_dir, log_path = run.checkpoints / f'rl-{variant}', run.logs / f'rl_{variant}.csv'
+    fingerprint = rl_fingerprint(cfg, variant, start_from, train_rows, val_rows, run.seed)
+    done = trained_policy(run, variant)
+    if resume and done is not None and read_json(done / POLICY_META).get('fingerprint') == fingerprint:
+        return read_json(done / POLICY_META)
+    fp_file = out_dir / 'mrrec_fingerprint.json'
+    if resume and (done is not None or (fp_file.exists() and read_json(fp_file) != fingerprint)):
+        resume = False   # another [rl], start or query set: its policy and checkpoints are not this training's
     if not resume:
         shutil.rmtree(out_dir, ignore_errors=True); shutil.rmtree(policy_dir(run, variant), ignore_errors=True)
         log_path.unlink(missing_ok=True)
@@ -674,15 +695,28 @@ def train_rl(
     if trainer_prompts_per_step(trainer) != cfg.prompts_per_step:
         raise ConfigError(f"[rl] the trainer runs {trainer_prompts_per_step(trainer)} prompts per optimizer step in "
                           f"{trainer.accelerator.num_processes} process(es), the profile {cfg.prompts_per_step}")
-    last = get_last_checkpoint(str(out_dir)) if out_dir.is_dir() else None
+    out_dir.mkdir(parents=True, exist_ok=True); write_json(fingerprint, fp_file)
+    last = get_last_checkpoint(str(out_dir))
     t0 = time.time()
-    # F4's step 0: the starting policy's validation reward, so that the curve says what training changed
-    if last is None and trainer.eval_dataset is not None: trainer.evaluate()
+    # F4's step 0: the starting policy's validation reward, so that the curve says what training changed; kept beside
+    # the checkpoints, since early stopping compares every later validation with it (also after a resume)
+    start_file, metric = out_dir / 'mrrec_step0.json', f'eval_{cfg.early_stopping_metric}'
+    if last is None and trainer.eval_dataset is not None: write_json(trainer.evaluate(), start_file)
+    start_metric = read_json(start_file).get(metric) if start_file.exists() else None
     result = trainer.train(resume_from_checkpoint=last)
-    meta = {'variant': variant, 'model': model_name, 'started_from': str(start_from) if start_from else model_name,
+    best, kept_step = trainer.state.best_metric, trainer.state.global_step
+    if trainer.state.best_model_checkpoint: kept_step = int(trainer.state.best_model_checkpoint.rsplit('-', 1)[-1])
+    if start_metric is not None and (best is None or start_metric >= best):
+        # no step beat the starting policy on validation: early stopping keeps step 0, the starting weights
+        start_model, _ = load_policy(str(start_from) if start_from else model_name, cfg.dtype)
+        trainer.model.load_state_dict(start_model.state_dict()); del start_model
+        best, kept_step = start_metric, 0
+    meta = {'variant': variant, 'model': model_name, 'fingerprint': fingerprint,
+            'started_from': str(start_from) if start_from else model_name,
             'protocol': trainer.mrrec_protocol, 'seed': run.seed,
             'steps': trainer.state.global_step, 'epochs': trainer.state.epoch, 'resumed_from': last,
-            'best_checkpoint': trainer.state.best_model_checkpoint, 'best_metric': trainer.state.best_metric,
+            'best_checkpoint': trainer.state.best_model_checkpoint, 'best_metric': best, 'kept_step': kept_step,
+            'step0_metric': start_metric,
             'train_queries': len(train_rows), 'val_queries': 0 if val_rows is None else len(val_rows),
             'prompts_per_step': trainer_prompts_per_step(trainer),
             'train_seconds_this_call': round(time.time() - t0, 1), 'train_loss': result.training_loss,

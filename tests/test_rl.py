@@ -5,7 +5,7 @@ resumes, changes the weights and writes the F4 log.
 Rollouts use a tiny hand-made task (a few items, two users with memory, a hashing embedder) so the tests do not
 depend on the earlier stages' artifacts; the model, the trainer, the tool loop and the loss are the real ones.
 """
-import itertools, math, os
+import dataclasses, itertools, math, os
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 os.environ.setdefault('TRL_EXPERIMENTAL_SILENCE', '1')
@@ -153,3 +153,7 @@ def test_two_step_run_resumes_changes_weights_and_logs(tmp_path):
     png = plot_reward_trajectories(log, run.figures / 'f4.png')
     assert png.stat().st_size > 10_000
     assert train_rl(run, cfg, TASK, ROWS)['steps'] == 2      # a finished variant is not trained again
+    # another [rl] setting is another training: the saved policy and its checkpoints are not reused
+    again = train_rl(run, dataclasses.replace(cfg, max_steps=1), TASK, ROWS)
+    assert again['steps'] == 1 and again['resumed_from'] is None and again['fingerprint'] != meta['fingerprint']
+    assert list(read_reward_log(run).step) == [1]
