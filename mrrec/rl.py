@@ -23,7 +23,7 @@ __all__ = ['PROTOCOLS', 'VARIANTS', 'QUERY_COLUMNS', 'F4_COLUMNS', 'POLICY_META'
            'supports_trl_tools', 'resolve_protocol', 'rl_dataset', 'grpo_args', 'lora_config', 'build_trainer',
            'mask_spans', 'tool_turn_renderer', 'verify_tool_mask', 'masked_logp_gradients', 'rollout_tool_results',
            'task_from_run', 'RewardLogCallback', 'read_reward_log', 'policy_dir', 'trained_policy', 'variant_model',
-           'save_policy', 'rl_fingerprint', 'train_rl', 'agent_task', 'rl_stage', 'rl_main']
+           'save_policy', 'save_start_policy', 'rl_fingerprint', 'train_rl', 'agent_task', 'rl_stage', 'rl_main']
 
 # %% ../nbs/06_rl.ipynb #2fcdf479
 PROTOCOLS = ('auto', 'chat_tools', 'text')
@@ -642,6 +642,21 @@ def save_policy(
     shutil.rmtree(folder, ignore_errors=True); os.replace(tmp, folder)
     return folder
 
+def save_start_policy(
+    source: str,                # the starting policy (folder, alias or HF id), as `load_policy` reads it
+    folder: str | os.PathLike,  # the policy folder
+    meta: dict,                 # written to mrrec_policy.json
+    dtype: str = 'float32',     # the weights' dtype
+) -> Path:
+    "Save the starting policy as the trained one (early stopping kept step 0), atomically, beside `meta`."
+    folder = Path(folder)
+    tmp = folder.with_name(f'.{folder.name}.tmp')
+    shutil.rmtree(tmp, ignore_errors=True)
+    model, tok = load_policy(source, dtype)
+    model.save_pretrained(str(tmp)); tok.save_pretrained(str(tmp)); write_json(meta, tmp / POLICY_META)
+    shutil.rmtree(folder, ignore_errors=True); os.replace(tmp, folder)
+    return folder
+
 # %% ../nbs/06_rl.ipynb #db10cfa7
 def rl_fingerprint(
     cfg: RLConfig,                    # [rl] settings
@@ -707,10 +722,7 @@ def train_rl(
     best, kept_step = trainer.state.best_metric, trainer.state.global_step
     if trainer.state.best_model_checkpoint: kept_step = int(trainer.state.best_model_checkpoint.rsplit('-', 1)[-1])
     if start_metric is not None and (best is None or start_metric >= best):
-        # no step beat the starting policy on validation: early stopping keeps step 0, the starting weights
-        start_model, _ = load_policy(str(start_from) if start_from else model_name, cfg.dtype)
-        trainer.model.load_state_dict(start_model.state_dict()); del start_model
-        best, kept_step = start_metric, 0
+        best, kept_step = start_metric, 0   # no step beat the starting policy on validation: early stopping keeps it
     meta = {'variant': variant, 'model': model_name, 'fingerprint': fingerprint,
             'started_from': str(start_from) if start_from else model_name,
             'protocol': trainer.mrrec_protocol, 'seed': run.seed,
@@ -721,7 +733,9 @@ def train_rl(
             'prompts_per_step': trainer_prompts_per_step(trainer),
             'train_seconds_this_call': round(time.time() - t0, 1), 'train_loss': result.training_loss,
             'lora_merged': cfg.lora, 'reward_log': str(log_path), 'config': dataclasses.asdict(cfg)}
-    save_policy(trainer, policy_dir(run, variant), meta)
+    if kept_step: save_policy(trainer, policy_dir(run, variant), meta)
+    elif trainer.is_world_process_zero():   # the starting weights themselves, read from where training began
+        save_start_policy(str(start_from) if start_from else model_name, policy_dir(run, variant), meta, cfg.dtype)
     return meta
 
 # %% ../nbs/06_rl.ipynb #b540c22f

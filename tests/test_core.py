@@ -3,7 +3,7 @@ import subprocess, sys
 from mrrec.core import load_profile, main
 
 def test_every_profile_loads():
-    for name in ('ci', 'demo', 'paper'):
+    for name in ('ci', 'demo', 'cpu', 'paper'):
         assert load_profile(name).name == name
 
 def test_console_script_lists_commands():

@@ -98,7 +98,7 @@ def test_ivf_is_seeded():
 
 
 def test_profile_table_is_checked(tmp_path):
-    for name in ('ci', 'demo', 'paper'):
+    for name in ('ci', 'demo', 'cpu', 'paper'):
         cfg = load_profile(name).section(RetrievalConfig)
         assert cfg.top_k == 1000 and cfg.retriever in ('dense', 'bm25')
     bad = tmp_path / 'bad.toml'
@@ -330,7 +330,7 @@ def test_memory_first_puts_memory_users_first():
     assert len(evaluation_queries(q, [])) == 10
 
 
-@pytest.mark.parametrize('name', ['ci', 'demo', 'paper'])
+@pytest.mark.parametrize('name', ['ci', 'demo', 'cpu', 'paper'])
 def test_profile_agent_tables(name):
     cfg = _load_profile(name).section(AgentConfig)
     assert cfg.memory_top_k == 3 and cfg.max_tool_calls == 1 and tuple(cfg.f6_top_k) == (1, 3, 5, 10)

@@ -157,3 +157,21 @@ def test_two_step_run_resumes_changes_weights_and_logs(tmp_path):
     again = train_rl(run, dataclasses.replace(cfg, max_steps=1), TASK, ROWS)
     assert again['steps'] == 1 and again['resumed_from'] is None and again['fingerprint'] != meta['fingerprint']
     assert list(read_reward_log(run).step) == [1]
+
+
+def test_early_stopping_keeps_step_0_when_no_step_validates_better(tmp_path, monkeypatch):
+    from transformers import AutoModelForCausalLM
+    run = start_run('ci', tmp_path / 'run', 0)
+    cfg = RLConfig(**{**SMALL, 'max_completion_length': 48, 'per_device_eval_batch_size': 4, 'eval_steps': 1})
+    real_evaluate = rl.MemoryGRPOTrainer.evaluate
+    def evaluate(self, *a, **kw):   # the starting policy validates far better than anything training can reach
+        metrics = real_evaluate(self, *a, **kw)
+        if self.state.global_step == 0: metrics['eval_reward'] = 1e9
+        return metrics
+    monkeypatch.setattr(rl.MemoryGRPOTrainer, 'evaluate', evaluate)
+    meta = train_rl(run, cfg, TASK, ROWS, val_rows=ROWS)
+    assert meta['steps'] == 1 and meta['kept_step'] == 0 and meta['best_metric'] == 1e9
+    start = load_policy('smollm2')[0].state_dict()
+    saved = AutoModelForCausalLM.from_pretrained(str(trained_policy(run))).state_dict()
+    assert all(torch.equal(start[k], saved[k]) for k in start)    # the saved policy is the starting one
+    assert set(read_reward_log(run).split) == {'train', 'val'}
