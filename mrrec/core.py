@@ -100,7 +100,8 @@ def _raw_profile(p: Path, seen: tuple = ()) -> dict:
     except tomllib.TOMLDecodeError as e: raise ConfigError(f"{p}: not valid TOML: {e}") from None
     base_name = raw.pop('extends', None)
     if base_name is None: return raw
-    if not isinstance(base_name, str): raise ConfigError(f"{p}: key 'extends' must be a profile name or a .toml file beside it, got {base_name!r}")
+    if not isinstance(base_name, str):
+        raise ConfigError(f"{p}: key 'extends' must be a profile name or a .toml file beside it, got {base_name!r}")
     base_path = p.parent / base_name if base_name.endswith('.toml') else _profile_path(base_name)
     base = _raw_profile(base_path, seen + (p.resolve(),))
     merged = {k: v for k, v in base.items() if not isinstance(v, dict)}

@@ -23,7 +23,7 @@ __all__ = ['PROTOCOLS', 'VARIANTS', 'QUERY_COLUMNS', 'F4_COLUMNS', 'POLICY_META'
            'supports_trl_tools', 'resolve_protocol', 'rl_dataset', 'grpo_args', 'lora_config', 'build_trainer',
            'mask_spans', 'tool_turn_renderer', 'verify_tool_mask', 'masked_logp_gradients', 'rollout_tool_results',
            'task_from_run', 'RewardLogCallback', 'read_reward_log', 'policy_dir', 'trained_policy', 'variant_model',
-           'save_policy', 'save_start_policy', 'rl_fingerprint', 'train_rl', 'agent_task', 'rl_stage', 'rl_main']
+           'save_policy', 'rl_fingerprint', 'train_rl', 'agent_task', 'rl_stage', 'rl_main']
 
 # %% ../nbs/06_rl.ipynb #2fcdf479
 PROTOCOLS = ('auto', 'chat_tools', 'text')
@@ -626,34 +626,23 @@ def save_policy(
     trainer,                    # the trainer after training
     folder: str | os.PathLike,  # the policy folder
     meta: dict,                 # written to mrrec_policy.json
+    start: str | None = None,   # save this starting policy instead (early stopping kept step 0)
 ) -> Path:
-    "Save the trained policy (LoRA merged) and its tokenizer to `folder`, atomically; `meta` goes to mrrec_policy.json."
+    "Save the trained policy (LoRA merged), or the starting one, and its tokenizer to `folder`, atomically."
     folder = Path(folder)
     tmp = folder.with_name(f'.{folder.name}.tmp')
     if trainer.is_world_process_zero(): shutil.rmtree(tmp, ignore_errors=True)
-    trainer.save_model(str(tmp))   # gathers sharded (ZeRO-3) weights; every process must take part
+    if start is None: trainer.save_model(str(tmp))   # gathers sharded (ZeRO-3) weights; every process takes part
     if not trainer.is_world_process_zero(): return folder
-    if (tmp / 'adapter_config.json').exists():   # LoRA: merge so the agent loads one plain checkpoint
+    if start is not None:   # read from where training began: nothing is loaded into a sharded model
+        model, tok = load_policy(start, meta.get('config', {}).get('dtype', 'float32'))
+        model.save_pretrained(str(tmp)); tok.save_pretrained(str(tmp))
+    elif (tmp / 'adapter_config.json').exists():   # LoRA: merge so the agent loads one plain checkpoint
         from peft import AutoPeftModelForCausalLM
         merged = AutoPeftModelForCausalLM.from_pretrained(str(tmp)).merge_and_unload()
         shutil.rmtree(tmp); merged.save_pretrained(str(tmp))
-    trainer.processing_class.save_pretrained(str(tmp))
+    if start is None: trainer.processing_class.save_pretrained(str(tmp))
     write_json(meta, tmp / POLICY_META)
-    shutil.rmtree(folder, ignore_errors=True); os.replace(tmp, folder)
-    return folder
-
-def save_start_policy(
-    source: str,                # the starting policy (folder, alias or HF id), as `load_policy` reads it
-    folder: str | os.PathLike,  # the policy folder
-    meta: dict,                 # written to mrrec_policy.json
-    dtype: str = 'float32',     # the weights' dtype
-) -> Path:
-    "Save the starting policy as the trained one (early stopping kept step 0), atomically, beside `meta`."
-    folder = Path(folder)
-    tmp = folder.with_name(f'.{folder.name}.tmp')
-    shutil.rmtree(tmp, ignore_errors=True)
-    model, tok = load_policy(source, dtype)
-    model.save_pretrained(str(tmp)); tok.save_pretrained(str(tmp)); write_json(meta, tmp / POLICY_META)
     shutil.rmtree(folder, ignore_errors=True); os.replace(tmp, folder)
     return folder
 
@@ -674,6 +663,7 @@ def rl_fingerprint(
     qids = lambda rows: None if rows is None else rows['qid'].astype(str).tolist()
     return stable_hash(dataclasses.asdict(cfg), variant, start, qids(train_rows), qids(val_rows), seed)
 
+# %% ../nbs/06_rl.ipynb #6d3e476f
 def train_rl(
     run: Run,                              # the run (checkpoints, logs, seed)
     cfg: RLConfig,                         # [rl] settings
@@ -713,29 +703,25 @@ def train_rl(
     out_dir.mkdir(parents=True, exist_ok=True); write_json(fingerprint, fp_file)
     last = get_last_checkpoint(str(out_dir))
     t0 = time.time()
-    # F4's step 0: the starting policy's validation reward, so that the curve says what training changed; kept beside
-    # the checkpoints, since early stopping compares every later validation with it (also after a resume)
+    # F4's step 0, kept beside the checkpoints: early stopping compares later validations with it (also on resume)
     start_file, metric = out_dir / 'mrrec_step0.json', f'eval_{cfg.early_stopping_metric}'
     if last is None and trainer.eval_dataset is not None: write_json(trainer.evaluate(), start_file)
     start_metric = read_json(start_file).get(metric) if start_file.exists() else None
     result = trainer.train(resume_from_checkpoint=last)
-    best, kept_step = trainer.state.best_metric, trainer.state.global_step
-    if trainer.state.best_model_checkpoint: kept_step = int(trainer.state.best_model_checkpoint.rsplit('-', 1)[-1])
+    best, ckpt = trainer.state.best_metric, trainer.state.best_model_checkpoint
+    kept_step = int(ckpt.rsplit('-', 1)[-1]) if ckpt else trainer.state.global_step
     if start_metric is not None and (best is None or start_metric >= best):
         best, kept_step = start_metric, 0   # no step beat the starting policy on validation: early stopping keeps it
-    meta = {'variant': variant, 'model': model_name, 'fingerprint': fingerprint,
-            'started_from': str(start_from) if start_from else model_name,
-            'protocol': trainer.mrrec_protocol, 'seed': run.seed,
+    meta = {'variant': variant, 'model': model_name, 'fingerprint': fingerprint, 'protocol': trainer.mrrec_protocol,
+            'started_from': str(start_from) if start_from else model_name, 'seed': run.seed,
             'steps': trainer.state.global_step, 'epochs': trainer.state.epoch, 'resumed_from': last,
-            'best_checkpoint': trainer.state.best_model_checkpoint, 'best_metric': best, 'kept_step': kept_step,
-            'step0_metric': start_metric,
+            'best_checkpoint': ckpt, 'best_metric': best, 'kept_step': kept_step, 'step0_metric': start_metric,
             'train_queries': len(train_rows), 'val_queries': 0 if val_rows is None else len(val_rows),
             'prompts_per_step': trainer_prompts_per_step(trainer),
             'train_seconds_this_call': round(time.time() - t0, 1), 'train_loss': result.training_loss,
             'lora_merged': cfg.lora, 'reward_log': str(log_path), 'config': dataclasses.asdict(cfg)}
-    if kept_step: save_policy(trainer, policy_dir(run, variant), meta)
-    elif trainer.is_world_process_zero():   # the starting weights themselves, read from where training began
-        save_start_policy(str(start_from) if start_from else model_name, policy_dir(run, variant), meta, cfg.dtype)
+    save_policy(trainer, policy_dir(run, variant), meta,
+                start=None if kept_step else str(start_from) if start_from else model_name)
     return meta
 
 # %% ../nbs/06_rl.ipynb #b540c22f
