@@ -29,7 +29,7 @@ __all__ = ['SETTING_METHODS', 'SETTING_POLICIES', 'SETTING_QUERIES', 'EXPERIMENT
            'PAPER_ONLY_REASON', 'Setting', 'settings_registry', 'row_setting', 'experiment_settings', 'experiment_rows',
            'StageContext', 'setting_conversations', 'run_setting', 'prompts_fingerprint', 'setting_signature',
            'trajectory_paths', 'run_settings', 'TrajectoryFormatError', 'check_trajectory_record',
-           'trajectory_settings', 'read_trajectories', 'open_memories', 'stage_context', 'stage_signature',
+           'trajectory_settings', 'read_trajectories', 'open_memories', 'policy_id', 'stage_context', 'stage_signature',
            'select_settings', 'run_retrieval', 'settings_metrics', 'retrieve_main', 'RowSpec', 'setting_policies',
            'setting_policy', 'experiment_specs', 'MixedPolicyError', 'check_one_policy']
 
@@ -562,7 +562,10 @@ def open_memories(
     return LocalMemory(local_root, embedder), GlobalMemory(global_root, embedder)
 
 # %% ../nbs/05c_experiments.ipynb #fc5b6966
-def _policy_id(policy: str | None) -> str | None:
+def policy_id(
+    policy: str | os.PathLike | None,  # a policy folder, or None
+) -> str | None:
+    "A policy folder's identity: its resolved path and the time of its newest file (None for no policy)."
     if not policy: return None
     p = Path(policy)
     if not p.exists(): raise FileNotFoundError(f"[agent] policy: {p} does not exist (the RL stage writes it, see "
@@ -598,7 +601,7 @@ def stage_context(
                                          f"{'warm_policy' if which == 'warm' else 'policy'}= (or set [agent] policy)")
         return load_llm_for_run(run, model=str(folder), gguf_file='')
     return StageContext(plan.test, bundle.items, memory, glob, embedder, cfg, rcfg, llm_factory, run.cache, run.seed,
-                        _policy_id(policy), _policy_id(warm_policy),
+                        policy_id(policy), policy_id(warm_policy),
                         {'eval': plan.test, 'ablation': plan.ablation, 'all': plan.test_all})
 
 # %% ../nbs/05c_experiments.ipynb #d7695341

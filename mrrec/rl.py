@@ -12,6 +12,10 @@ import numpy as np
 import pandas as pd
 from .core import (ConfigError, Run, atomic_write, load_profile, read_json, run_arg_parser, start_run,
                         stable_hash, write_json, write_table)
+from .agent import (MEMORY_TOOL_NAME, MemoryTool, agent_prompt_fn, format_tool_call, memory_call_aspects,
+                         memory_tool_fn, memory_tool_schema, parse_boxed_answer, protocol_messages, tool_result_message,
+                         AgentConfig)
+from .experiments import policy_id
 from .warmstart import WarmStartConfig, load_policy, warm_policy
 from .rl_setup import (accelerate_config, check_master_weights, gpu_count, grpo_settings, launch_plan,
                             launch_training, trainer_prompts_per_step, world_size, write_launch_files)
@@ -19,7 +23,7 @@ from .rl_setup import (accelerate_config, check_master_weights, gpu_count, grpo_
 # %% auto #0
 __all__ = ['PROTOCOLS', 'VARIANTS', 'QUERY_COLUMNS', 'F4_COLUMNS', 'POLICY_META', 'RLConfig', 'exact_target_ranks',
            'EmbeddingRanker', 'MemoryEnv', 'memory_env_factory', 'answer_texts', 'memory_call_counts',
-           'make_reward_funcs', 'tool_turn_ids', 'MemoryGRPOTrainer', 'make_text_rollout', 'RecTask',
+           'make_reward_funcs', 'tool_turn_ids', 'make_text_rollout', 'MemoryGRPOTrainer', 'RecTask',
            'supports_trl_tools', 'resolve_protocol', 'rl_dataset', 'grpo_args', 'lora_config', 'build_trainer',
            'mask_spans', 'tool_turn_renderer', 'verify_tool_mask', 'masked_logp_gradients', 'rollout_tool_results',
            'task_from_run', 'RewardLogCallback', 'read_reward_log', 'policy_dir', 'trained_policy', 'variant_model',
@@ -116,11 +120,6 @@ class RLConfig:
     def reward_weights(self) -> list[float]:
         "Weights of (format, nDCG, memory), in the order of `make_reward_funcs`."
         return [self.format_weight, self.ndcg_weight, self.memory_weight]
-
-# %% ../nbs/06_rl.ipynb #b46e251f
-from .agent import (MEMORY_TOOL_NAME, MemoryTool, agent_prompt_fn, format_tool_call, memory_call_aspects,
-                         memory_tool_fn, memory_tool_schema, parse_boxed_answer, protocol_messages, tool_result_message,
-                         AgentConfig)
 
 # %% ../nbs/06_rl.ipynb #8b917a6a
 from .metrics import ndcg_at_k, recall_at_k
@@ -271,16 +270,6 @@ def tool_turn_ids(
     return full[len(prefix):]
 
 # %% ../nbs/06_rl.ipynb #93e17a53
-from trl import GRPOConfig, GRPOTrainer
-
-class MemoryGRPOTrainer(GRPOTrainer):
-    "GRPOTrainer that exposes the dataset rows of the batch being rolled out (`rollout_rows`) to a `rollout_func`."
-    rollout_rows: list[dict] | None = None
-    def _generate_and_score_completions(self, inputs):
-        self.rollout_rows = inputs
-        try: return super()._generate_and_score_completions(inputs)
-        finally: self.rollout_rows = None
-
 def make_text_rollout(
     make_env: Callable[[], MemoryEnv],                                # a fresh MemoryEnv per rollout
     max_tool_calls: int = 1,                                          # tool calls allowed per rollout
@@ -327,6 +316,24 @@ def make_text_rollout(
                 'answer_text': last_turn, 'memory_calls': [len(e.calls) for e in envs],
                 'tool_results': [[c['result'] for c in e.calls] for e in envs]}
     return rollout
+
+# %% ../nbs/06_rl.ipynb #e8ee5e15
+from trl import GRPOConfig, GRPOTrainer
+
+class MemoryGRPOTrainer(GRPOTrainer):
+    "GRPOTrainer that exposes the batch's rows to a `rollout_func` and validates under common random numbers."
+    rollout_rows: list[dict] | None = None   # the dataset rows of the batch being rolled out
+    def _generate_and_score_completions(self, inputs):
+        self.rollout_rows = inputs
+        try: return super()._generate_and_score_completions(inputs)
+        finally: self.rollout_rows = None
+
+    def evaluate(self, *args, **kwargs):
+        "Validate with the sampler seeded alike at every step; training's random state is restored afterwards."
+        import torch
+        with torch.random.fork_rng(devices=range(torch.cuda.device_count())):
+            torch.manual_seed(self.args.seed)
+            return super().evaluate(*args, **kwargs)
 
 # %% ../nbs/06_rl.ipynb #23b90d20
 @dataclass
@@ -656,12 +663,8 @@ def rl_fingerprint(
     seed: int,                        # training seed
 ) -> str:
     "What a trained policy depends on: settings, starting weights (folder and time), queries, seed."
-    start = None
-    if start_from:
-        p = Path(start_from)
-        start = f"{p.resolve()}@{int(max((f.stat().st_mtime for f in p.iterdir() if f.is_file()), default=0))}"
     qids = lambda rows: None if rows is None else rows['qid'].astype(str).tolist()
-    return stable_hash(dataclasses.asdict(cfg), variant, start, qids(train_rows), qids(val_rows), seed)
+    return stable_hash(dataclasses.asdict(cfg), variant, policy_id(start_from), qids(train_rows), qids(val_rows), seed)
 
 # %% ../nbs/06_rl.ipynb #6d3e476f
 def train_rl(
@@ -681,8 +684,8 @@ def train_rl(
     out_dir, log_path = run.checkpoints / f'rl-{variant}', run.logs / f'rl_{variant}.csv'
     fingerprint = rl_fingerprint(cfg, variant, start_from, train_rows, val_rows, run.seed)
     done = trained_policy(run, variant)
-    if resume and done is not None and read_json(done / POLICY_META).get('fingerprint') == fingerprint:
-        return read_json(done / POLICY_META)
+    if resume and done is not None and (meta := read_json(done / POLICY_META)).get('fingerprint') == fingerprint:
+        return meta
     fp_file = out_dir / 'mrrec_fingerprint.json'
     if resume and (done is not None or (fp_file.exists() and read_json(fp_file) != fingerprint)):
         resume = False   # another [rl], start or query set: its policy and checkpoints are not this training's
@@ -693,7 +696,8 @@ def train_rl(
     import torch
     if cfg.threads and not torch.cuda.is_available():
         torch.set_num_threads(cfg.threads)   # process-wide: on a shared 2-core machine two threads stall each other
-    model, tok = load_policy(str(start_from) if start_from else model_name, cfg.dtype)
+    start = str(start_from) if start_from else model_name   # the weights training begins from
+    model, tok = load_policy(start, cfg.dtype)
     trainer = build_trainer(task, cfg, model, tok, train_rows, out_dir, run.seed, val_rows,
                             callbacks=[RewardLogCallback(log_path, variant, cfg)] + list(callbacks or []),
                             **arg_overrides)
@@ -713,15 +717,14 @@ def train_rl(
     if start_metric is not None and (best is None or start_metric >= best):
         best, kept_step = start_metric, 0   # no step beat the starting policy on validation: early stopping keeps it
     meta = {'variant': variant, 'model': model_name, 'fingerprint': fingerprint, 'protocol': trainer.mrrec_protocol,
-            'started_from': str(start_from) if start_from else model_name, 'seed': run.seed,
+            'started_from': start, 'seed': run.seed,
             'steps': trainer.state.global_step, 'epochs': trainer.state.epoch, 'resumed_from': last,
             'best_checkpoint': ckpt, 'best_metric': best, 'kept_step': kept_step, 'step0_metric': start_metric,
             'train_queries': len(train_rows), 'val_queries': 0 if val_rows is None else len(val_rows),
             'prompts_per_step': trainer_prompts_per_step(trainer),
             'train_seconds_this_call': round(time.time() - t0, 1), 'train_loss': result.training_loss,
             'lora_merged': cfg.lora, 'reward_log': str(log_path), 'config': dataclasses.asdict(cfg)}
-    save_policy(trainer, policy_dir(run, variant), meta,
-                start=None if kept_step else str(start_from) if start_from else model_name)
+    save_policy(trainer, policy_dir(run, variant), meta, start=None if kept_step else start)
     return meta
 
 # %% ../nbs/06_rl.ipynb #b540c22f

@@ -175,3 +175,17 @@ def test_early_stopping_keeps_step_0_when_no_step_validates_better(tmp_path, mon
     saved = AutoModelForCausalLM.from_pretrained(str(trained_policy(run))).state_dict()
     assert all(torch.equal(start[k], saved[k]) for k in start)    # the saved policy is the starting one
     assert set(read_reward_log(run).split) == {'train', 'val'}
+
+
+def test_validation_draws_alike_and_leaves_training_randomness_alone(tmp_path):
+    # common random numbers: one policy validates to the same numbers every time (sampled at temperature 1), and a
+    # validation leaves the random state that training's rollouts sample from where it was
+    policy, tok = load_policy('smollm2')
+    cfg = RLConfig(**{**SMALL, 'max_completion_length': 32, 'per_device_eval_batch_size': 4, 'eval_steps': 1})
+    trainer = build_trainer(TASK, cfg, policy, tok, ROWS, tmp_path / 'out', seed=0, val_rows=ROWS)
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    drawn = lambda metrics: {k: v for k, v in metrics.items() if 'runtime' not in k and 'per_second' not in k}
+    first = drawn(trainer.evaluate())
+    assert torch.equal(torch.get_rng_state(), before)
+    assert drawn(trainer.evaluate()) == first and 'eval_reward' in first
