@@ -4,8 +4,8 @@
 
 # %% ../nbs/02b_backends.ipynb #ff29832b
 from __future__ import annotations
-import argparse, concurrent.futures, dataclasses, email.utils, functools, inspect, logging, os, random, shutil
-import threading, time
+import argparse, concurrent.futures, dataclasses, email.utils, functools, hashlib, inspect, json, logging, os
+import random, shutil, threading, time
 from pathlib import Path
 import pandas as pd
 from fastcore.basics import patch
@@ -19,9 +19,10 @@ from .llm import (LLM, Generation, Ledger, LLMConfig, ResponseCache, SamplingPar
 _log = logging.getLogger('mrrec.llm')
 
 # %% auto #0
-__all__ = ['RETRY_STATUS', 'BENCH_PROMPTS', 'model_cache_root', 'converted_gguf_folder', 'local_model_folder',
-           'shared_prefix_length', 'TransformersLLM', 'LLMRequestError', 'retry_after_seconds', 'OpenAICompatibleLLM',
-           'load_llm', 'load_llm_for_run', 'bench_llm', 'bench_llm_main']
+__all__ = ['CHECKPOINT_SKIPPED', 'CHECKPOINT_LOAD_KEYS', 'RETRY_STATUS', 'BENCH_PROMPTS', 'model_cache_root',
+           'converted_gguf_folder', 'local_model_folder', 'shared_prefix_length', 'checkpoint_digest',
+           'TransformersLLM', 'LLMRequestError', 'retry_after_seconds', 'OpenAICompatibleLLM', 'load_llm',
+           'load_llm_for_run', 'bench_llm', 'bench_llm_main']
 
 # %% ../nbs/02b_backends.ipynb #c1540ce2
 def model_cache_root() -> Path:
@@ -116,6 +117,33 @@ def shared_prefix_length(
         n = next((i for i in range(n) if r[i] != first[i]), n)
     return n
 
+# %% ../nbs/02b_backends.ipynb #e8fbed56
+CHECKPOINT_SKIPPED = ('training_args.bin', 'README.md')   # how a folder was trained or described, not what it holds
+CHECKPOINT_LOAD_KEYS = ('local_files_only', 'name_or_path', '_name_or_path')   # JSON keys saying how it was loaded
+
+@functools.lru_cache(maxsize=16)
+def _checkpoint_digest(files: tuple) -> str:
+    h = hashlib.sha256()
+    for path, _, _ in files:
+        f = Path(path); h.update(f.name.encode())
+        if f.suffix == '.json':
+            d = json.loads(f.read_text())
+            if isinstance(d, dict): d = {k: v for k, v in d.items() if k not in CHECKPOINT_LOAD_KEYS}
+            h.update(json.dumps(d, sort_keys=True).encode())
+        else:
+            with open(f, 'rb') as fh:
+                for block in iter(lambda: fh.read(1 << 24), b''): h.update(block)
+    return f"ckpt-{h.hexdigest()[:16]}"
+
+def checkpoint_digest(
+    folder: str | os.PathLike,  # a checkpoint folder (save_pretrained)
+) -> str:
+    "The folder's identity by content: a hash of the files it generates with (memoised on their sizes and times)."
+    files = sorted(f for f in Path(folder).iterdir() if f.is_file() and not f.name.startswith(('mrrec_', '.'))
+                   and f.name not in CHECKPOINT_SKIPPED)
+    if not files: raise FileNotFoundError(f"{folder}: no checkpoint files")
+    return _checkpoint_digest(tuple((str(f), f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+
 # %% ../nbs/02b_backends.ipynb #c27248f6
 class TransformersLLM(LLM):
     "In-process generation with a transformers causal LM (hub id, folder or GGUF file)."
@@ -141,8 +169,10 @@ class TransformersLLM(LLM):
 
     @property
     def model_id(self) -> str:
-        # the answers of a model depend on its weights' precision, so the precision is part of its identity
-        return f"{self.cfg.model}|{self.cfg.gguf_file}|{self.dtype}"
+        # the answers of a model depend on its weights and their precision: a checkpoint folder is named by its
+        # content (`checkpoint_digest`), a hub id, alias or GGUF file by its name
+        folder = not self.gguf_file and os.path.isfile(os.path.join(self.source, 'config.json'))
+        return f"{checkpoint_digest(self.source) if folder else self.cfg.model}|{self.cfg.gguf_file}|{self.dtype}"
 
     def apply_template(
         self,

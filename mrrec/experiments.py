@@ -12,6 +12,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 from .core import (ConfigError, Run, read_json, read_jsonl, run_arg_parser, stable_hash, start_run, write_json,
                         write_jsonl)
+from .backends import checkpoint_digest
 from .local_memory import LOCAL_LEVELS, T2_VARIANTS
 from .search import RetrievalConfig, make_retriever, target_ranks
 from .agent import (ANSWER_PREFIX, EXAMPLE_ASPECTS, EXAMPLE_EXPANSION, EXAMPLE_MEMORY, EXAMPLE_PROFILE,
@@ -183,7 +184,7 @@ class StageContext:
     llm_factory: Callable[[str], object] | None = None   # policy ('base' | 'warm' | 'trained') -> LLM
     cache_dir: Path | None = None
     seed: int = 0
-    policy_id: str | None = None             # identity of the trained policy (path and timestamp), for signatures
+    policy_id: str | None = None             # identity of the trained policy (its content), for signatures
     warm_policy_id: str | None = None        # identity of the warm-start policy
     query_sets: dict = field(default_factory=dict)   # SETTING_QUERIES name -> queries ('eval' is `queries`)
     retrievers: dict = field(default_factory=dict)
@@ -565,13 +566,12 @@ def open_memories(
 def policy_id(
     policy: str | os.PathLike | None,  # a policy folder, or None
 ) -> str | None:
-    "A policy folder's identity: its resolved path and the time of its newest file (None for no policy)."
+    "A policy folder's identity by content (`checkpoint_digest`): the same weights in two folders are one policy."
     if not policy: return None
     p = Path(policy)
     if not p.exists(): raise FileNotFoundError(f"[agent] policy: {p} does not exist (the RL stage writes it, see "
                                                "mrrec.rl.trained_policy)")
-    stamp = max((f.stat().st_mtime for f in p.iterdir() if f.is_file()), default=p.stat().st_mtime)
-    return f"{p.resolve()}@{int(stamp)}"
+    return checkpoint_digest(p)
 
 def stage_context(
     run: Run,                             # the run

@@ -662,7 +662,7 @@ def rl_fingerprint(
     val_rows: pd.DataFrame | None,    # validation queries, or None
     seed: int,                        # training seed
 ) -> str:
-    "What a trained policy depends on: settings, starting weights (folder and time), queries, seed."
+    "What a trained policy depends on: settings, starting weights (their content), queries, seed."
     qids = lambda rows: None if rows is None else rows['qid'].astype(str).tolist()
     return stable_hash(dataclasses.asdict(cfg), variant, policy_id(start_from), qids(train_rows), qids(val_rows), seed)
 
