@@ -166,13 +166,13 @@ class TransformersLLM(LLM):
         # transformers 5.24 renamed generate()'s `past_key_values` to `cache`; take whichever this version has
         self._cache_kw = 'cache' if 'cache' in inspect.signature(self.model.forward).parameters else 'past_key_values'
         self._prefix_memo, self.last_shared_prefix = None, 0
+        # the answers of a model depend on its weights and their precision: a checkpoint folder is named by its
+        # content (`checkpoint_digest`, hashed once here, not per request), a hub id, alias or GGUF file by its name
+        folder = not self.gguf_file and os.path.isfile(os.path.join(self.source, 'config.json'))
+        self._weights_id = checkpoint_digest(self.source) if folder else cfg.model
 
     @property
-    def model_id(self) -> str:
-        # the answers of a model depend on its weights and their precision: a checkpoint folder is named by its
-        # content (`checkpoint_digest`), a hub id, alias or GGUF file by its name
-        folder = not self.gguf_file and os.path.isfile(os.path.join(self.source, 'config.json'))
-        return f"{checkpoint_digest(self.source) if folder else self.cfg.model}|{self.cfg.gguf_file}|{self.dtype}"
+    def model_id(self) -> str: return f"{self._weights_id}|{self.cfg.gguf_file}|{self.dtype}"
 
     def apply_template(
         self,
