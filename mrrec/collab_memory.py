@@ -54,6 +54,7 @@ class MemRecConfig:
     data: str = 'run'                      # 'run': the data stage's queries; 'instructrec': the files below
     instructrec_requests: str = 'data/instructrec/booksAll_recagent.pkl'   # see data/README.md
     instructrec_items: str = 'data/instructrec/combined_books_asin_mapping.csv'
+    llm_section: str = 'llm'               # profile table of LMMem's and LLMRec's LLM ([llm]: the run's own)
 
     def __post_init__(self):
         positive = ('k', 'budget_tokens', 'n_facets', 'memory_chars', 'n_negatives', 'density_updates', 'item_chars')

@@ -352,8 +352,9 @@ def memrec_stage(
     if not cfg.enabled: return {}
     queries, items, histories = memrec_requests(run, cfg)
     isolated, source = isolated_memories(run, queries['user_id'])
-    out = run_memrec(llm or load_llm_for_run(run), embedder or load_embedder_for_run(run), queries, items, histories,
-                     run.memory / 'memrec', cfg, isolated, run.seed)
+    llm = llm or load_llm_for_run(run, cfg.llm_section)   # the paper's MemRec ran on gpt-4o-mini, not the policy
+    out = run_memrec(llm, embedder or load_embedder_for_run(run), queries, items, histories, run.memory / 'memrec', cfg,
+                     isolated, run.seed)
     ev = run.profile.section(EvalConfig)
     tabs = memrec_tables(out, ev.bootstrap_samples, run.seed, ev.ci_level)
     tabs['M1']['isolated_memory'] = source
