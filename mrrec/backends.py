@@ -284,6 +284,24 @@ def _decode(self: TransformersLLM, ids: list[int], n_in: int, params: SamplingPa
     return Generation(text=text, input_tokens=n_in, output_tokens=n_out, latency_s=round(latency, 4),
                       finish_reason=reason, tool_calls=calls, tool_call_errors=errors)
 
+# %% ../nbs/02b_backends.ipynb #a3b44fc1
+@patch
+def _score(self: TransformersLLM, conversation: list[dict], continuations: list[str]) -> tuple[list[float], int]:
+    import torch
+    from transformers import DynamicCache
+    prompt = self.tokenizer(self.apply_template(conversation), add_special_tokens=False)['input_ids']
+    conts = self.tokenizer(list(continuations), add_special_tokens=False)['input_ids']
+    width, pad = max(map(len, conts)), self.tokenizer.pad_token_id
+    cache = DynamicCache(config=self.model.config)
+    with torch.inference_mode():
+        first = self.model(input_ids=torch.tensor([prompt], device=self.device), use_cache=True,
+                           **{self._cache_kw: cache}).logits[0, -1].float().log_softmax(-1)
+        cache.batch_repeat_interleave(len(conts))
+        ids = torch.tensor([c + [pad] * (width - len(c)) for c in conts], device=self.device)
+        lp = self.model(input_ids=ids, use_cache=True, **{self._cache_kw: cache}).logits.float().log_softmax(-1)
+        lp = torch.cat([first.expand(len(conts), 1, -1), lp[:, :-1]], 1).gather(-1, ids[..., None])[..., 0]
+    return [float(lp[b, :len(c)].mean()) for b, c in enumerate(conts)], len(prompt)
+
 # %% ../nbs/02b_backends.ipynb #fbca5a1d
 RETRY_STATUS = (429, 500, 502, 503, 504)
 

@@ -16,7 +16,7 @@ from .llm import generate_batch, llm_identity, model_id
 from .agent import token_counter
 
 # %% auto #0
-__all__ = ['CURATIONS', 'RERANKERS', 'MemRecConfig', 'MemoryGraph', 'build_graph', 'domain_statistics', 'DomainRules',
+__all__ = ['CURATIONS', 'RERANKERS', 'RANKINGS', 'MemRecConfig', 'MemoryGraph', 'build_graph', 'domain_statistics', 'DomainRules',
            'fallback_rules', 'parse_rules', 'write_domain_rules', 'neighbour_candidates', 'curate', 'pack_memories',
            'facet_conversation', 'parse_facets', 'StageR', 'stage_r', 'update_targets', 'update_conversation',
            'parse_update', 'interaction_key', 'store_fingerprint', 'replay_store', 'propagate']
@@ -24,6 +24,7 @@ __all__ = ['CURATIONS', 'RERANKERS', 'MemRecConfig', 'MemoryGraph', 'build_graph
 # %% ../nbs/09_collab_memory.ipynb #ee475609
 CURATIONS = ('rules', 'heuristic', 'random')   # LMMem's rules, the paper's heuristic scorer, random neighbours
 RERANKERS = ('llm', 'vector')                  # LLMRec (the paper's mode), the no-LLM vector-similarity ablation
+RANKINGS = ('generate', 'likelihood')          # how LLMRec ranks: writes a ranking (paper), or scores each candidate
 
 @dataclass(frozen=True)
 class MemRecConfig:
@@ -51,20 +52,30 @@ class MemRecConfig:
     density_updates: int = 4               # M4: Stage W updates timed at each density
     item_chars: int = 200                  # a candidate's text in LLMRec's prompt
     fixed_candidates: bool = True          # a request's own slate (InstructRec's ranked_lists) when it holds the target
-    data: str = 'run'                      # 'run': the data stage's queries; 'instructrec': the files below
+    data: str = 'run'                      # 'run': the data stage's; 'synthc4_collab': SynthC4 as the run's [data] but
+                                           # with collab_strength below; 'instructrec': the files below
+    collab_strength: float = 0.6           # data 'synthc4_collab': its taste clusters (01b_synthc4), the signal
     instructrec_requests: str = 'data/instructrec/booksAll_recagent.pkl'   # see data/README.md
     instructrec_items: str = 'data/instructrec/combined_books_asin_mapping.csv'
     llm_section: str = 'llm'               # profile table of LMMem's and LLMRec's LLM ([llm]: the run's own)
+    ranking: str = 'generate'              # LLMRec: 'generate' (a JSON ranking, the paper's) or 'likelihood' (each
+                                           # candidate's text scored as the answer: for models that cannot rank)
+    t1_row: bool = False                   # T1's MR.Rec policy again with the facets as a memory source (10_memrec)
+    t1_queries: int = 0                    # the first of T1's queries that row answers (0 = all of them)
 
     def __post_init__(self):
         positive = ('k', 'budget_tokens', 'n_facets', 'memory_chars', 'n_negatives', 'density_updates', 'item_chars')
         bad = [f"{n} must be an integer >= 1, got {getattr(self, n)}" for n in positive if getattr(self, n) < 1]
         bad += [f"{n} must be an integer >= 0, got {getattr(self, n)}" for n in
-                ('min_users', 'min_items', 'fanout', 'warmup_interactions', 'queries') if getattr(self, n) < 0]
+                ('min_users', 'min_items', 'fanout', 'warmup_interactions', 'queries', 't1_queries')
+                if getattr(self, n) < 0]
         if self.min_users + self.min_items > self.k:
             bad.append(f"min_users + min_items ({self.min_users} + {self.min_items}) exceeds k = {self.k}")
-        if self.data not in ('run', 'instructrec'):
-            bad.append(f"data must be 'run' or 'instructrec', got {self.data!r}")
+        if self.data not in ('run', 'synthc4_collab', 'instructrec'):
+            bad.append(f"data must be 'run', 'synthc4_collab' or 'instructrec', got {self.data!r}")
+        if not 0 < self.collab_strength <= 1:
+            bad.append(f"collab_strength must be in (0, 1], got {self.collab_strength}")
+        if self.ranking not in RANKINGS: bad.append(f"ranking must be one of {RANKINGS}, got {self.ranking!r}")
         if len(self.heuristic_weights) != 3 or min(self.heuristic_weights) < 0:
             bad.append(f"heuristic_weights must be 3 non-negative numbers, got {self.heuristic_weights}")
         if not self.k_sweep or min(self.k_sweep) < 1: bad.append(f"k_sweep must be positive, got {self.k_sweep}")

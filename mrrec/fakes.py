@@ -19,8 +19,9 @@ class ScriptedLLM:
         self,
         reply,                        # reply(conversation) or reply(conversation, stage) -> the answer's text
         supports_tools: bool = False, # whether the "chat template" knows tools (the native tool protocol)
+        scorer=None,                  # scorer(conversation, answer) -> its score, for `score` (None: cannot score)
     ):
-        self.reply, self.supports_tools, self.calls = reply, supports_tools, []
+        self.reply, self.supports_tools, self.scorer, self.calls = reply, supports_tools, scorer, []
         self._with_stage = len(inspect.signature(reply).parameters) >= 2
 
     @property
@@ -32,6 +33,12 @@ class ScriptedLLM:
         "One `Generation` per conversation."
         self.calls.append({'n': len(conversations), 'tools': bool(tools), 'stop': stop, 'stage': stage, **kw})
         return [self._one(conv, tools, stop, stage) for conv in conversations]
+
+    def score(self, conversations, continuations, stage: str = '', **kw) -> list[list[float]]:
+        "Per conversation, `scorer`'s score of each continuation (as `LLM.score`)."
+        if self.scorer is None: raise NotImplementedError("this ScriptedLLM has no scorer: it cannot score answers")
+        self.calls.append({'n': len(conversations), 'stage': stage, 'kind': 'score'})
+        return [[float(self.scorer(c, a)) for a in cs] for c, cs in zip(conversations, continuations)]
 
     def _one(self, conv, tools, stop, stage) -> Generation:
         text = self.reply(conv, stage) if self._with_stage else self.reply(conv)

@@ -644,6 +644,46 @@ def generate(
                            retries=self._retries - retries0)
     return results
 
+# %% ../nbs/02_llm.ipynb #c0eda50b
+@patch
+def _score(self: LLM, conversation: list[dict], continuations: list[str]) -> tuple[list[float], int]:
+    "(mean log-probability per token of each continuation as the answer, prompt tokens): the backend's."
+    raise NotImplementedError(f"the {self.backend or type(self).__name__} backend cannot score given answers (it "
+                              "returns no log-probabilities of given text); rank by generation instead")
+
+@patch
+def score(
+    self: LLM,
+    conversations,                   # OpenAI-format message lists, each ending where the answer starts
+    continuations: list[list[str]],  # per conversation, the non-empty answers to score
+    stage: str = 'other',            # the ledger's stage label
+    use_cache: bool = True,          # False: compute anew (and do not store)
+) -> list[list[float]]:
+    "Per conversation, the mean log-probability per token of each of its continuations as the assistant's answer."
+    convs = check_conversations(conversations)
+    conts = [[str(c) for c in cs] for cs in continuations]
+    if len(conts) != len(convs):
+        raise ValueError(f"score: {len(convs)} conversations but {len(conts)} lists of continuations")
+    bad = [(i, j) for i, cs in enumerate(conts) for j, c in enumerate(cs) if not c.strip()] + \
+          [(i, None) for i, cs in enumerate(conts) if not cs]
+    if bad: raise ValueError(f"score: conversation {bad[0][0]} has an empty continuation list or text")
+    t0 = time.perf_counter()
+    keys = [stable_hash(KEY_VERSION, 'score', self.backend, self.model_id, c, cs, n=32) for c, cs in zip(convs, conts)]
+    cache = self.cache if use_cache else None
+    found = cache.get_many(keys) if cache is not None else {}
+    n_cached, out, n_in = sum(k in found for k in set(keys)), [], 0
+    for c, cs, k in zip(convs, conts, keys):
+        if k not in found:
+            scores, tokens = self._score(c, cs)
+            found[k] = {'scores': [float(s) for s in scores], 'input_tokens': int(tokens)}
+            n_in += int(tokens)
+            if cache is not None: cache.put(k, found[k])
+        out.append(list(found[k]['scores']))
+    self.ledger.record(stage=stage, kind='score', backend=self.backend, model=self.model_id, requests=len(convs),
+                       cached=n_cached,
+                       input_tokens=n_in, output_tokens=0, wall_s=round(time.perf_counter() - t0, 4))
+    return out
+
 # %% ../nbs/02_llm.ipynb #0c8ad98b
 @dataclass
 class GenOut:

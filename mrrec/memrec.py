@@ -4,23 +4,26 @@
 
 # %% ../nbs/10_memrec.ipynb #0ec5f47b
 from __future__ import annotations
-import time
+import dataclasses, time
 from pathlib import Path
 import numpy as np
 import pandas as pd
-from .core import Run, stable_hash, write_json, write_table
+from .core import ConfigError, Run, stable_hash, write_json, write_table
 from .metrics import bootstrap_ci, ci_verdict, ndcg_at_k, paired_difference, recall_at_k
 from .text import clip_text, parse_llm_json
 from .llm import generate_batch
 from .agent import token_counter
+from .embed import embed_texts
+from .local_memory import entry_id
 from .collab_memory import (MemRecConfig, build_graph, domain_statistics, neighbour_candidates, propagate,
                                  stage_r, write_domain_rules)
 
 # %% auto #0
 __all__ = ['PROTOCOL_METRICS', 'M1_SETTINGS', 'M2_SETTINGS', 'one_of_ten', 'protocol_metrics', 'protocol_table',
-           'rank_conversation', 'parse_ranking', 'memory_context', 'raw_neighbour_lines', 'rank_llm', 'rank_vector',
-           'memrec_settings', 'density_latency', 'run_memrec', 'memrec_tables', 'isolated_memories', 'memrec_requests',
-           'memrec_stage']
+           'rank_conversation', 'likelihood_conversation', 'parse_ranking', 'memory_context', 'raw_neighbour_lines',
+           'rank_llm', 'rank_likelihood', 'rank_vector', 'memrec_settings', 'density_latency', 'run_memrec',
+           'memrec_tables', 'isolated_memories', 'memrec_requests', 'local_memory_for', 'memrec_stage', 'FacetMemory',
+           't1_facet_row']
 
 # %% ../nbs/10_memrec.ipynb #2b860a92
 def one_of_ten(
@@ -89,11 +92,16 @@ def protocol_table(
 _RANK_PROMPT = ("A user asks: \"{query}\"\n{context}\nCandidates:\n{cands}\n\nRank the candidates from the one this "
                 "user most likely wants to the least likely. Answer with JSON only: "
                 "{{\"ranking\": [<candidate numbers, best first>]}}")
+_LIKELIHOOD_PROMPT = "A user asks: \"{query}\"\n{context}\n\nDescribe the one item this user most likely wants."
 
 def rank_conversation(query: str, context: str, cand_texts: list[str]) -> list[dict]:
     "LLMRec's prompt: the request, the context and the numbered candidates."
     cands = '\n'.join(f"{n}. {t}" for n, t in enumerate(cand_texts, 1))
     return [{'role': 'user', 'content': _RANK_PROMPT.format(query=query, context=context.strip(), cands=cands)}]
+
+def likelihood_conversation(query: str, context: str) -> list[dict]:
+    "LLMRec's prompt when it ranks by likelihood: the request and the context; each candidate's text is the answer."
+    return [{'role': 'user', 'content': _LIKELIHOOD_PROMPT.format(query=query, context=context.strip())}]
 
 def parse_ranking(
     text: str,   # LLMRec's answer
@@ -150,14 +158,34 @@ def rank_llm(
     stage: str = 'memrec_rank',
 ) -> pd.DataFrame:
     "One batched LLM call: per request qid, rank (of the target), format_ok, input_tokens, output_tokens, seconds."
-    convs = [rank_conversation(q, c, [item_text.get(i, i) for i in cands])
-             for q, c, cands in zip(P['query'], contexts, P['candidates'])]
+    texts = [[item_text.get(i) or i for i in cands] for cands in P['candidates']]
+    if cfg.ranking == 'likelihood': return rank_likelihood(llm, P, contexts, texts, stage)
+    convs = [rank_conversation(q, c, t) for q, c, t in zip(P['query'], contexts, texts)]
     outs = generate_batch(llm, convs, stage, cfg.rank_max_new_tokens)
     rows = []
     for o, pos, cands in zip(outs, P['target_pos'], P['candidates']):
         order, ok = parse_ranking(o.text, len(cands))
         rows.append({'rank': order.index(pos) + 1, 'format_ok': ok, 'input_tokens': o.input_tokens,
                      'output_tokens': o.output_tokens, 'seconds': o.time_s})
+    return pd.DataFrame(rows).assign(qid=P['qid'].to_numpy())
+
+def rank_likelihood(
+    llm,                        # LLMRec's LLM (with `score`)
+    P: pd.DataFrame,            # `one_of_ten`
+    contexts: list[str],        # one context per request
+    texts: list[list[str]],     # per request, its candidates' texts in presented order
+    stage: str = 'memrec_rank',
+) -> pd.DataFrame:
+    "LLMRec by likelihood: candidates by the mean log-probability per token of their text as the answer, best first."
+    t0 = time.perf_counter()
+    convs = [likelihood_conversation(q, c) for q, c in zip(P['query'], contexts)]
+    scores = llm.score(convs, texts, stage=stage)
+    share, count = (time.perf_counter() - t0) / max(len(P), 1), token_counter(llm)[0]
+    rows = []
+    for conv, s, t, pos in zip(convs, scores, texts, P['target_pos']):
+        order = list(np.argsort(-np.asarray(s, np.float64), kind='stable'))   # ties keep the presented order
+        rows.append({'rank': order.index(pos) + 1, 'format_ok': True, 'output_tokens': 0, 'seconds': share,
+                     'input_tokens': sum(count([conv[0]['content'], *t]))})
     return pd.DataFrame(rows).assign(qid=P['qid'].to_numpy())
 
 def rank_vector(
@@ -289,7 +317,8 @@ def memrec_tables(
     sweep = r[r['setting'].str.startswith('k=')]
     m3 = protocol_table(sweep, by=('k', 'synthesis'), n_boot=n_boot, seed=seed, level=level)
     m3 = m3[m3['metric'] == 'Hit@1'].sort_values(['synthesis', 'k']).reset_index(drop=True)
-    sr = out['stage_r'].groupby('setting')[['input_tokens', 'output_tokens']].mean()
+    st = out['stage_r']
+    sr = st.groupby('setting')[['input_tokens', 'output_tokens']].mean()
     cost = r.groupby('setting')[['input_tokens', 'output_tokens', 'seconds']].mean()
     per_req = []
     for s, facets in (('vanilla', None), ('isolated', None), ('naive', None), ('memrec', 'memrec'),
@@ -298,22 +327,24 @@ def memrec_tables(
         per_req.append({'what': f'request: {s}', 'llm_calls': float((s != 'memrec_vector') + bool(facets)),
                         'input_tokens': cost.loc[s, 'input_tokens'] + f['input_tokens'],
                         'output_tokens': cost.loc[s, 'output_tokens'] + f['output_tokens'],
-                        'format_failures': int((~r.loc[r['setting'] == s, 'format_ok']).sum())})
+                        'format_failures': int((~r.loc[r['setting'] == s, 'format_ok']).sum()),
+                        'facet_failures': int((~st.loc[st['setting'] == facets, 'facets_ok']).sum()) if facets else 0})
     w = out['warmup']
     per_req.append({'what': 'Stage W update', 'llm_calls': w['llm_calls'].mean(), 'input_tokens':
                     w['input_tokens'].mean(), 'output_tokens': w['output_tokens'].mean(),
-                    'format_failures': int((~w['format_ok']).sum())})
+                    'format_failures': int((~w['format_ok']).sum()), 'facet_failures': 0})
     return {'M1': m1, 'M2': m2, 'M3': m3, 'M4_cost': pd.DataFrame(per_req), 'M4_density': out['density']}
 
 # %% ../nbs/10_memrec.ipynb #e69c5fad
 def isolated_memories(
-    run: Run,        # the run
+    root,            # a local memory store's folder (`03_local_memory`), or None
     users,           # the requesting users
 ) -> tuple[dict, str]:
-    "(user -> MR.Rec local memory text: profile, else patterns; source): empty with 'none' without a store."
+    "(user -> MR.Rec local memory text: profile, else patterns; source): empty, and says so, without a store."
     from mrrec.local_memory import LocalMemory
-    try: lm = LocalMemory(run.memory / 'local')
-    except FileNotFoundError: return {}, 'none (graph user memory)'
+    try: lm = LocalMemory(root) if root is not None else None
+    except FileNotFoundError: lm = None
+    if lm is None: return {}, 'none (graph user memory)'
     out = {}
     for u in users:
         if u not in lm: continue
@@ -324,9 +355,10 @@ def isolated_memories(
 def memrec_requests(
     run: Run,          # the run
     cfg: MemRecConfig, # its [memrec] table
-) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    "(queries, items, histories) MemRec answers: the data stage's test queries, or an InstructRec dataset's requests."
-    from mrrec.data import DataConfig, data_path, load_data, plan_queries
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, Run | None]:
+    """(queries, items, histories, the Run whose data they are): the data stage's test queries, those of a SynthC4
+    made as the run's with taste clusters (in a folder of the run's memory), or an InstructRec dataset's (None)."""
+    from mrrec.data import DataConfig, data_path, load_data, plan_queries, prepare_data
     if cfg.data == 'instructrec':
         from mrrec.readers import read_instructrec
         paths = [data_path(p) for p in (cfg.instructrec_requests, cfg.instructrec_items)]
@@ -334,29 +366,127 @@ def memrec_requests(
         if missing: raise FileNotFoundError(f"[memrec] data = 'instructrec': {missing} not found (data/README.md)")
         ir = read_instructrec(*paths)
         q = ir.requests
-        return (q.head(cfg.queries) if cfg.queries else q), ir.items, ir.histories
-    bundle = load_data(run)
-    test = plan_queries(bundle.queries, run.profile.section(DataConfig), run.seed).test
-    return (test.head(cfg.queries) if cfg.queries else test), bundle.items, bundle.histories
+        return (q.head(cfg.queries) if cfg.queries else q), ir.items, ir.histories, None
+    dcfg, source = run.profile.section(DataConfig), run
+    if cfg.data == 'synthc4_collab':
+        if dcfg.source != 'synth': raise ConfigError("[memrec] data = 'synthc4_collab' needs [data] source = 'synth'")
+        dcfg = dataclasses.replace(dcfg, collab_strength=cfg.collab_strength)
+        source = Run(run.profile, run.memory / 'memrec' / f'synthc4_collab{cfg.collab_strength:g}')
+        for d in ('data', 'memory'): (source.root / d).mkdir(parents=True, exist_ok=True)
+        bundle = prepare_data(source, dcfg, progress=False)
+    else: bundle = load_data(run)
+    test = plan_queries(bundle.queries, dcfg, run.seed).test
+    return (test.head(cfg.queries) if cfg.queries else test), bundle.items, bundle.histories, source
+
+# %% ../nbs/10_memrec.ipynb #5e1a0c2d
+def local_memory_for(
+    run: Run,          # the run (its [local_memory] table)
+    source: Run,       # the Run whose data the requests come from
+    users,             # the requesting users
+    llm, embedder,     # the LLM and encoder that build it
+) -> Path:
+    "The folder of MR.Rec's local memory of `users`: the run's own, or built (resumably) on MemRec's own SynthC4."
+    if source is run: return run.memory / 'local'
+    from mrrec.data import load_data
+    from mrrec.local_memory import LocalMemoryConfig, build_local_memory, user_histories
+    b, users = load_data(source), sorted(set(users))
+    h = user_histories(b.histories, b.queries)
+    build_local_memory(h[h['user_id'].isin(users)], llm, embedder, run.profile.section(LocalMemoryConfig),
+                       source.memory / 'local', users=users, progress=False)
+    return source.memory / 'local'
 
 def memrec_stage(
     run: Run,          # the run
     llm=None,          # LMMem's and LLMRec's LLM (default: the run's)
     embedder=None,     # the vector reranker's encoder (default: the run's)
 ) -> dict[str, pd.DataFrame]:
-    "MemRec on the run's requests: M1-M4 written to `tables/memrec_m*`; {} when `[memrec] enabled` is false."
+    "MemRec on the run's requests: M1-M4 (and T1's facet row) in `tables/memrec_*`; {} when it is off."
     from mrrec.backends import load_llm_for_run
     from mrrec.embed import load_embedder_for_run
     from mrrec.contribution import EvalConfig
     cfg = run.profile.section(MemRecConfig)
     if not cfg.enabled: return {}
-    queries, items, histories = memrec_requests(run, cfg)
-    isolated, source = isolated_memories(run, queries['user_id'])
+    queries, items, histories, source = memrec_requests(run, cfg)
     llm = llm or load_llm_for_run(run, cfg.llm_section)   # the paper's MemRec ran on gpt-4o-mini, not the policy
-    out = run_memrec(llm, embedder or load_embedder_for_run(run), queries, items, histories, run.memory / 'memrec', cfg,
-                     isolated, run.seed)
+    embedder = embedder or load_embedder_for_run(run)
+    local = local_memory_for(run, source, queries['user_id'], llm, embedder) if source is not None else None
+    isolated, memory_source = isolated_memories(local, queries['user_id'])
+    out = run_memrec(llm, embedder, queries, items, histories, run.memory / 'memrec', cfg, isolated, run.seed)
     ev = run.profile.section(EvalConfig)
     tabs = memrec_tables(out, ev.bootstrap_samples, run.seed, ev.ci_level)
-    tabs['M1']['isolated_memory'] = source
+    data = {'run': 'the run\'s data', 'instructrec': 'InstructRec'}.get(
+        cfg.data, f'SynthC4 (synthetic) with taste clusters, collab_strength {cfg.collab_strength:g}')
+    tabs['M1']['isolated_memory'] = memory_source
+    for name in ('M1', 'M2', 'M3'): tabs[name] = tabs[name].assign(data=data, llmrec_ranking=cfg.ranking)
+    if cfg.t1_row: tabs['T1'] = t1_facet_row(run, cfg, llm, embedder, ev.bootstrap_samples, ev.ci_level)
     for name, df in tabs.items(): write_table(df, run.tables / f'memrec_{name.lower()}')
     return tabs
+
+# %% ../nbs/10_memrec.ipynb #7a1b2c3e
+class FacetMemory:
+    "A local memory whose users each have one more entry: their MemRec facets, ranked with the others by similarity."
+    def __init__(
+        self,
+        local,            # a LocalMemory
+        facets: dict,     # user -> LMMem's facets
+        embedder,         # the run's encoder (the local memory's)
+    ):
+        self.local, self.embedder = local, embedder
+        self.texts = {u: 'What similar users suggest: ' + '; '.join(f) for u, f in facets.items() if f}
+        users = list(self.texts)
+        self._vec = dict(zip(users, embed_texts(embedder, [self.texts[u] for u in users]))) if users else {}
+
+    def __contains__(self, user_id) -> bool: return user_id in self.local
+    def __getattr__(self, name): return getattr(self.local, name)   # manifest, baseline, summary, users ...
+
+    def retrieve_many(self, user_ids: list[str], texts: list[str], k: int = 3, levels=None) -> list[list[dict]]:
+        "The local memory's top-`k` entries per (user, text) with the user's facet entry among the candidates."
+        found = self.local.retrieve_many(user_ids, texts, k, levels)
+        q = embed_texts(self.embedder, list(texts), kind='query')
+        out = []
+        for u, v, entries in zip(user_ids, q, found):
+            if u in self._vec:
+                e = {'entry_id': entry_id(u, 'profile', 'collaborative', 0), 'level': 'profile',
+                     'category': 'collaborative', 'text': self.texts[u], 'score': float(self._vec[u] @ v)}
+                entries = sorted([*entries, e], key=lambda x: -x['score'])[:k]
+            out.append(entries)
+        return out
+
+# %% ../nbs/10_memrec.ipynb #7a1b2c40
+def t1_facet_row(
+    run: Run,          # a run whose T1 has run (stages 05c-06)
+    cfg: MemRecConfig, # its [memrec] table
+    llm, embedder,     # LMMem's LLM and the run's encoder
+    n_boot: int = 1000, level: float = 0.95,   # the intervals' resamples and coverage
+) -> pd.DataFrame:
+    "T1's MR.Rec row and the same policy with MemRec's facets as a memory source, on T1's queries: R@100, N@100."
+    from mrrec.data import load_data
+    from mrrec.experiments import read_trajectories, run_settings, settings_registry, stage_context, stage_signature
+    from mrrec.rl import trained_policy
+    from mrrec.warmstart import warm_policy
+    policy, warm = trained_policy(run), warm_policy(run)
+    ctx = stage_context(run, policy=str(policy or ''), warm_policy=str(warm) if warm else None, build_memory=False)
+    base = settings_registry(ctx.cfg, trained=policy is not None, warm=warm is not None)[
+        'mrrec_rl' if policy else 'mrrec_bc' if warm else 'mrrec']
+    q = ctx.queries.head(cfg.t1_queries) if cfg.t1_queries else ctx.queries
+    graph, users = build_graph(load_data(run).histories, cfg), q['user_id'].astype(str).tolist()
+    rules = write_domain_rules(llm, domain_statistics(graph), cfg)[0]
+    facets = {s.user: s.facets for s in stage_r(llm, graph, users, cfg, 'rules', rules, q['category'].tolist(),
+                                                 seed=run.seed)}
+    with_facets = dataclasses.replace(base, name=f'{base.name}_memrec', about=f'{base.about}, with MemRec facets')
+    fctx = dataclasses.replace(ctx, memory=FacetMemory(ctx.memory, facets, embedder), queries=q)
+    folder = run.memory / 'memrec' / 't1'
+    run_settings(fctx, [with_facets], folder, stage_signature(run) | {'facets': stable_hash(facets)}, progress=False)
+    t = pd.concat([read_trajectories(run.trajectories, [base.name]), read_trajectories(folder, [with_facets.name])])
+    t, qids = t.assign(qid=t['qid'].astype(str)), q['qid'].astype(str).tolist()
+    per = {s: g.set_index('qid').loc[qids, 'rank'].to_numpy() for s, g in t.groupby('setting')}
+    rows = []
+    for s, about in ((base.name, base.about), (with_facets.name, with_facets.about)):
+        v = np.stack([recall_at_k(per[s], 100), ndcg_at_k(per[s], 100)], 1)
+        lo, hi = bootstrap_ci(v, n_boot, run.seed, level)
+        rows.append({'setting': s, 'row': about, 'queries': len(q), 'R@100': v[:, 0].mean(), 'R@100 lo': lo[0],
+                     'R@100 hi': hi[0], 'N@100': v[:, 1].mean(), 'N@100 lo': lo[1], 'N@100 hi': hi[1]})
+    for m, f in (('R@100', recall_at_k), ('N@100', ndcg_at_k)):
+        d = paired_difference(f(per[with_facets.name], 100), f(per[base.name], 100), n_boot, run.seed, level)
+        rows[1][f'{m} minus {base.name}'] = f"{d['diff']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]"
+    return pd.DataFrame(rows)

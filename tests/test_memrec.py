@@ -84,8 +84,17 @@ def test_without_the_signal_memrec_gains_nothing_over_the_isolated_agent(collab,
     assert edge[0.0] < 0.05 < 0.1 < edge[0.6], edge
 
 
+def lexical_scorer(conv, answer):
+    "A stand-in for `LLM.score`: the share of the answer's words that the prompt (request and context) holds."
+    words = set(content_words(answer))
+    return len(words & set(content_words(conv[-1]['content']))) / max(len(words), 1)
+
+
 def test_the_stage_is_off_unless_the_profile_turns_it_on(collab):
     run, _ = collab
+    prof = run.profile
+    off = dataclasses.replace(prof, tables={**prof.tables, 'memrec': {**prof.tables['memrec'], 'enabled': False}})
+    run = dataclasses.replace(run, profile=off)
     assert memrec_stage(run) == {}
     assert not list(run.tables.glob('memrec_*'))
 
@@ -93,16 +102,21 @@ def test_the_stage_is_off_unless_the_profile_turns_it_on(collab):
 def test_the_stage_on_writes_m1_to_m4(tmp_path):
     "[memrec] enabled on the data stage's queries, and on the InstructRec files; the fakes answer."
     prof = load_profile('ci')
-    for data in ('run', 'instructrec'):
+    for data in ('run', 'instructrec', 'synthc4_collab'):
         memrec = {**prof.tables['memrec'], 'enabled': True, 'data': data, 'queries': 3, 'k_sweep': [16],
+                  'ranking': 'likelihood' if data == 'synthc4_collab' else 'generate', 't1_row': False,
                   'instructrec_requests': 'data/samples/instructrec/booksAll_recagent.jsonl',
                   'instructrec_items': 'data/samples/instructrec/combined_books_asin_mapping.csv'}
         if data == 'instructrec': memrec.update(n_negatives=4, min_users=1, min_items=2)
         run = start_run(dataclasses.replace(prof, tables={**prof.tables, 'memrec': memrec}), tmp_path / data)
         if data == 'run': prepare_data(run, progress=False)
-        tabs = memrec_stage(run, ScriptedLLM(lexical_reasoner), HashEmbedder())
+        tabs = memrec_stage(run, ScriptedLLM(lexical_reasoner, scorer=lexical_scorer), HashEmbedder())
         assert set(tabs) == {'M1', 'M2', 'M3', 'M4_cost', 'M4_density'}
-        assert tabs['M1']['queries'].eq(3).all() and tabs['M1']['isolated_memory'].iloc[0].startswith('none')
+        # the clustered SynthC4 gets MR.Rec's local memory built for its requesting users; the run's has none here
+        memory = tabs['M1']['isolated_memory'].iloc[0]
+        built = data == 'synthc4_collab'
+        assert (memory == 'MR.Rec local memory (3 of 3 users)') if built else memory.startswith('none')
+        assert tabs['M1']['queries'].eq(3).all() and tabs['M1']['llmrec_ranking'].eq(memrec['ranking']).all()
         assert {p.name for p in run.tables.glob('memrec_*.csv')} == {f'memrec_{n}.csv' for n in
                                                                      ('m1', 'm2', 'm3', 'm4_cost', 'm4_density')}
     bad = {**prof.tables['memrec'], 'enabled': True, 'data': 'instructrec', 'instructrec_requests': 'nowhere.pkl'}
