@@ -112,7 +112,10 @@ def llm_config(
     profile: Profile,       # the run's profile
     section: str = 'llm',   # the table to read (a stage may keep a second generator, e.g. `[llm_index]`)
 ) -> LLMConfig:
-    "The `[section]` table of `profile` as an `LLMConfig`."
+    "The `[section]` table of `profile` as an `LLMConfig`; a named table other than `[llm]` must exist."
+    if section != 'llm' and section not in profile.tables:   # a misspelt name must not run on the defaults
+        raise ConfigError(f"{profile.path}: no [{section}] table, which a setting names as its LLM's; tables: "
+                          f"{sorted(profile.tables)}")
     return config_from_dict(LLMConfig, profile.tables.get(section, {}), f"{profile.path} [{section}]")
 
 # %% ../nbs/02_llm.ipynb #3495558b
