@@ -441,10 +441,10 @@ class FacetMemory:
 
     def retrieve_many(self, user_ids: list[str], texts: list[str], k: int = 3, levels=None) -> list[list[dict]]:
         "The local memory's top-`k` entries per (user, text) with the user's facet entry among the candidates."
-        found = self.local.retrieve_many(user_ids, texts, k, levels)
-        q = embed_texts(self.embedder, list(texts), kind='query')
+        q = embed_texts(self.embedder, list(texts), kind='query')   # once: the local entries and the facets share it
         out = []
-        for u, v, entries in zip(user_ids, q, found):
+        for u, v in zip(user_ids, q):
+            entries = self.local.search(u, v, k, levels)
             if u in self._vec:
                 e = {'entry_id': entry_id(u, 'profile', 'collaborative', 0), 'level': 'profile',
                      'category': 'collaborative', 'text': self.texts[u], 'score': float(self._vec[u] @ v)}
@@ -465,7 +465,8 @@ def t1_facet_row(
     from mrrec.rl import trained_policy
     from mrrec.warmstart import warm_policy
     policy, warm = trained_policy(run), warm_policy(run)
-    ctx = stage_context(run, policy=str(policy or ''), warm_policy=str(warm) if warm else None, build_memory=False)
+    ctx = stage_context(run, policy=str(policy or ''), warm_policy=str(warm) if warm else None, embedder=embedder,
+                        build_memory=False)
     base = settings_registry(ctx.cfg, trained=policy is not None, warm=warm is not None)[
         'mrrec_rl' if policy else 'mrrec_bc' if warm else 'mrrec']
     q = ctx.queries.head(cfg.t1_queries) if cfg.t1_queries else ctx.queries
